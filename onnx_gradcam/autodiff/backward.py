@@ -1,0 +1,96 @@
+"""Reverse-mode differentiation of part of an ONNX graph, emitted as ordinary ONNX nodes.
+
+The quantity differentiated is ``sum(seed * output)``; the seed is any tensor name (usually a graph
+input), so the caller decides what the target is. Only activations are differentiated, never weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from onnx import NodeProto, TensorProto
+
+from ..graph.view import GraphView
+from . import rules  # noqa: F401  (importing registers the rules)
+from .context import GradContext, Step
+from .registry import NON_DIFFERENTIABLE, RULES
+
+
+class UnsupportedOperatorError(ValueError):
+    """The head contains an op the gradient module has no rule for."""
+
+    def __init__(self, node: NodeProto, later_layers: Sequence[str]):
+        self.op_type = node.op_type
+        self.node_name = node.name
+        hint = (f" Choose a layer after it, e.g. {', '.join(repr(n) for n in later_layers[:5])}."
+                if later_layers else " Choose a layer after it.")
+        domain = f" (domain {node.domain!r})" if node.domain not in ("", "ai.onnx") else ""
+        super().__init__(
+            f"the gradient module has no rule for op {node.op_type!r}{domain} at node {node.name!r}, which lies "
+            f"between the layer and the output.{hint}"
+        )
+
+
+@dataclass
+class Gradients:
+    """What :func:`backward` adds to the graph: nodes, initializers, and the gradient name of each ``wrt``."""
+
+    nodes: list[NodeProto] = field(default_factory=list)
+    initializers: list[TensorProto] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
+             later_layers: Optional[dict[str, list[str]]] = None) -> Gradients:
+    """Emit d sum(seed * output) / d t for every tensor t in ``wrt``.
+
+    ``later_layers`` maps a node name to candidate layers after it, for the error message when
+    that node has no rule.
+    """
+    ctx = GradContext(view)
+    differentiable = _differentiable_tensors(view, wrt)
+    needed = view.ancestors([output])
+    pending: dict[str, list[str]] = {output: [seed]}
+
+    for node in reversed(view.nodes):
+        if not any(name in differentiable and name in needed for name in node.output):
+            continue
+        dy = [_total(ctx, pending, name) for name in node.output]
+        if all(g is None for g in dy):
+            continue
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            raise UnsupportedOperatorError(node, (later_layers or {}).get(node.name, []))
+        wants = [bool(name) and name in differentiable for name in node.input]
+        dx = rule(ctx, Step(node, dy, wants))
+        for name, grad, want in zip(node.input, dx, wants):
+            if want and grad is not None:
+                pending.setdefault(name, []).append(grad)
+
+    result = Gradients(ctx.nodes, ctx.initializers)
+    for name in wrt:
+        total = _total(ctx, pending, name)
+        result.names[name] = total if total is not None else ctx.zeros_like(name)
+    return result
+
+
+def _differentiable_tensors(view: GraphView, wrt: Sequence[str]) -> set[str]:
+    """Float tensors computed from ``wrt`` through ops that let a gradient through."""
+    reached = set(wrt)
+    for node in view.nodes:
+        if node.op_type in NON_DIFFERENTIABLE and node.domain in ("", "ai.onnx"):
+            continue
+        if any(name in reached for name in node.input if name):
+            reached.update(name for name in node.output if name and view.is_float(name))
+    return reached
+
+
+def _total(ctx: GradContext, pending: dict[str, list[str]], name: str) -> Optional[str]:
+    """The accumulated gradient of ``name``: fan-out contributions are summed once, then cached."""
+    grads = pending.get(name)
+    if not grads:
+        return None
+    if len(grads) > 1:
+        pending[name] = grads = [ctx.op("Sum", *grads)]
+    return grads[0]

@@ -1,0 +1,148 @@
+"""What a gradient rule works with: the forward node (a :class:`Step`) and a :class:`GradContext` to emit nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from onnx import NodeProto, helper
+
+from ..graph.view import Dim, GraphView
+from .emit import Emitter
+
+
+@dataclass
+class Step:
+    """One forward node seen from its gradient rule.
+
+    ``x`` and ``y`` are its input and output names, ``dy`` the gradient of each output (``None`` where
+    nothing flows back), ``wants[i]`` whether input ``i`` needs a gradient.
+    """
+
+    node: NodeProto
+    dy: list[Optional[str]]
+    wants: list[bool]
+
+    @property
+    def x(self) -> list[str]:
+        return list(self.node.input)
+
+    @property
+    def y(self) -> list[str]:
+        return list(self.node.output)
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def attr(self, name: str, default=None):
+        for attribute in self.node.attribute:
+            if attribute.name == name:
+                value = helper.get_attribute_value(attribute)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.node.input) and bool(self.node.input[index])
+
+
+class GradContext(Emitter):
+    """An :class:`Emitter` that also knows the forward graph: shapes, types, constant values."""
+
+    def __init__(self, view: GraphView, prefix: str = "grad/"):
+        super().__init__(prefix, view.all_tensor_names() | {o for n in view.nodes for o in n.output})
+        self.view = view
+
+    # --- facts about forward tensors ---------------------------------------------------------------------
+    def shape(self, name: str) -> Optional[list[Dim]]:
+        return self.view.shape(name)
+
+    def rank(self, name: str) -> int:
+        rank = self.view.rank(name)
+        if rank is None:
+            raise ValueError(f"the rank of tensor {name!r} is unknown after shape inference")
+        return rank
+
+    def static_shape(self, name: str) -> list[int]:
+        return self.view.static_shape(name, " to differentiate through it")
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        return self.view.constant(name)
+
+    def require_constant(self, step: Step, index: int, what: str) -> np.ndarray:
+        value = self.view.constant(step.x[index])
+        if value is None:
+            raise ValueError(
+                f"{step.node.op_type} node {step.name!r}: its {what} ({step.x[index]!r}) must be a constant "
+                "to differentiate through it"
+            )
+        return value
+
+    def np_dtype(self, like: str) -> np.dtype:
+        elem_type = self.view.elem_type(like)
+        if elem_type is None:
+            raise ValueError(f"the element type of tensor {like!r} is unknown")
+        return helper.tensor_dtype_to_np_dtype(elem_type)
+
+    # --- small building blocks ---------------------------------------------------------------------------
+    def scalar(self, value: float, like: str) -> str:
+        """A scalar constant of ``like``'s float type."""
+        return self.const(value, dtype=self.np_dtype(like), hint="scalar")
+
+    def where_else_zero(self, condition: str, value: str, like: str) -> str:
+        return self.op("Where", condition, value, self.scalar(0.0, like))
+
+    def zeros_like(self, name: str) -> str:
+        return self.op("Mul", name, self.scalar(0.0, name))
+
+    def mask(self, condition: str, like: str) -> str:
+        """``condition`` as 0/1 in ``like``'s float type."""
+        return self.op("Cast", condition, to=self.view.elem_type(like))
+
+    def reshape_like(self, value: str, like: str) -> str:
+        return self.op("Reshape", value, self.op("Shape", like))
+
+    def unbroadcast(self, grad: str, target: str, result: str) -> str:
+        """Sum ``grad`` (shaped like the broadcast ``result``) down to the shape of the operand ``target``."""
+        return self.sum_to(grad, self.shape(result), target)
+
+    def sum_to(self, grad: str, grad_shape: Optional[Sequence[Dim]], target: str,
+               target_shape: Optional[Sequence[Dim]] = None) -> str:
+        """Sum ``grad`` (of shape ``grad_shape``) over the axes numpy broadcasting added to ``target``'s shape.
+
+        ``target_shape`` overrides the target's inferred shape; the result is reshaped to ``target`` itself.
+        """
+        if target_shape is None:
+            target_shape = self.shape(target)
+        if target_shape is None or grad_shape is None:
+            return self._unbroadcast_dynamic(grad, target)
+        lead = len(grad_shape) - len(target_shape)
+        axes = list(range(lead))
+        for index, dim in enumerate(target_shape):
+            out = grad_shape[lead + index]
+            if dim == out and dim is not None:
+                continue
+            if dim == 1:
+                axes.append(lead + index)
+            elif isinstance(dim, int) and dim > 1:
+                continue
+            else:  # unknown or symbolic and different: only the runtime can tell
+                return self._unbroadcast_dynamic(grad, target)
+        reduced = self.op("ReduceSum", grad, self.ints(axes), keepdims=1) if axes else grad
+        reshape = lead or list(target_shape) != list(self.shape(target) or [])
+        return self.reshape_like(reduced, target) if reshape else reduced
+
+    def _unbroadcast_dynamic(self, grad: str, target: str) -> str:
+        grad_shape = self.op("Shape", grad)
+        target_shape = self.op("Shape", target)
+        missing = self.op("Sub", self.op("Size", grad_shape), self.op("Size", target_shape))
+        ones = self.op("ConstantOfShape", self.op("Reshape", missing, self.ints([1])),
+                       value=helper.make_tensor("one", 7, [1], [1]))
+        padded = self.op("Concat", ones, target_shape, axis=0)
+        axes = self.op("Reshape", self.op("NonZero", self.op("Equal", padded, self.ints([1]))), self.ints([-1]))
+        reduced = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", reduced, target_shape)
+
+    def normalize_axes(self, axes: Sequence[int], rank: int) -> list[int]:
+        return sorted(a + rank if a < 0 else a for a in axes)

@@ -1,0 +1,1 @@
+"""Gradient rules: indexing (to be written)."""

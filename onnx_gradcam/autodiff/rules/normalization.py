@@ -1,0 +1,1 @@
+"""Gradient rules: normalization (to be written)."""

@@ -1,0 +1,1 @@
+"""Gradient rules: reduction (to be written)."""

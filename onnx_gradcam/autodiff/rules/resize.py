@@ -1,0 +1,1 @@
+"""Gradient rules: resize (to be written)."""

@@ -1,0 +1,1 @@
+"""Gradient rules: shape (to be written)."""

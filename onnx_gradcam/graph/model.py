@@ -1,0 +1,72 @@
+"""Loading a model and bringing it to the one form the rest of the package works on.
+
+The form: a private copy (the user's model is never touched), default-domain opset at least
+``MIN_OPSET``, every node named, shapes inferred.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import onnx
+from onnx import ModelProto, helper, shape_inference, version_converter
+
+MIN_OPSET = 18
+"""Models older than this are converted up: from opset 18 on, every reduction takes its axes as an input."""
+
+MAX_IR_VERSION = 10
+"""ONNX Runtime 1.31 reads IR versions up to 13; 10 covers every opset this package emits."""
+
+ModelLike = Union[str, os.PathLike, bytes, ModelProto]
+
+
+def load_model(model: ModelLike) -> ModelProto:
+    """Return a private copy of ``model`` (a path, serialized bytes or a ``ModelProto``), external data included."""
+    if isinstance(model, ModelProto):
+        copy = ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    if isinstance(model, (str, os.PathLike)):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"no ONNX model at {os.fspath(model)!r}")
+        return onnx.load(os.fspath(model), load_external_data=True)
+    raise TypeError(
+        f"expected a path, bytes or onnx.ModelProto for the model, got {type(model).__name__}"
+    )
+
+
+def default_opset(model: ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise ValueError("the model imports no default-domain (ai.onnx) opset")
+
+
+def normalize(model: ModelProto) -> ModelProto:
+    """Bring ``model`` (already a private copy) to the supported opset range, name its nodes, infer shapes."""
+    if default_opset(model) < MIN_OPSET:
+        model = version_converter.convert_version(model, MIN_OPSET)
+    _name_nodes(model.graph)
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    return model
+
+
+def set_ir_version(model: ModelProto) -> ModelProto:
+    """Give a model this package built an IR version that both onnx.checker and ONNX Runtime accept."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import))
+    model.ir_version = max(needed, min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
+    return model
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    taken = {node.name for node in graph.node if node.name}
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)

@@ -1,0 +1,105 @@
+"""The adjoint check every gradient rule is held to: <u, VJP(v)> = <JVP(u), v>.
+
+VJP comes from the gradient model this package emits, run in float32 on ONNX Runtime (the production
+path). JVP comes from central differences of the *forward* op evaluated in float64 by an independent
+oracle (onnx's ReferenceEvaluator unless the test gives another).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnx_gradcam.autodiff import gradient_model
+
+Oracle = Callable[[dict], np.ndarray]
+
+
+def parse(text: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model computing in float64: float32 types, initializers, constants and casts widened."""
+    wide = onnx.ModelProto()
+    wide.CopyFrom(model)
+    graph = wide.graph
+    del graph.value_info[:]
+    for info in (*graph.input, *graph.output):
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(_widen(tensor))
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(_widen(attribute.t))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
+    return wide
+
+
+def _widen(tensor: TensorProto) -> TensorProto:
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+
+def check_adjoint(model: Union[str, onnx.ModelProto], wrt: Sequence[str], inputs: Optional[dict] = None,
+                  output: Optional[str] = None, rtol: float = 1e-4, eps: float = 1e-6, seed: int = 0,
+                  oracle: Optional[Oracle] = None) -> dict:
+    """Check the VJP of ``output`` w.r.t. each graph input in ``wrt``; return the VJPs for further checks.
+
+    Graph inputs not in ``inputs`` get standard-normal float32 values.
+    """
+    if isinstance(model, str):
+        model = parse(model)
+    rng = np.random.default_rng(seed)
+    output = output or model.graph.output[0].name
+    feeds = dict(inputs or {})
+    for info in model.graph.input:
+        if info.name not in feeds:
+            shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+            feeds[info.name] = rng.standard_normal(shape).astype(np.float32)
+    wide_feeds = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    if oracle is None:
+        evaluator = ReferenceEvaluator(to_float64(model))
+        oracle = lambda f: evaluator.run([output], f)[0]  # noqa: E731
+
+    grads_model = gradient_model(model, wrt, output)
+    onnx.checker.check_model(grads_model, full_check=True)
+    y = np.asarray(oracle(wide_feeds))
+    v = rng.standard_normal(y.shape)
+    session = ort.InferenceSession(grads_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    vjps = session.run([f"grad/{name}" for name in wrt], {**feeds, "seed": v.astype(np.float32)})
+
+    for name, vjp in zip(wrt, vjps):
+        x = wide_feeds[name]
+        assert vjp.shape == x.shape, f"gradient of {name} has shape {vjp.shape}, expected {x.shape}"
+        assert np.all(np.isfinite(vjp)), f"gradient of {name} is not finite"
+        assert np.any(vjp != 0), f"gradient of {name} is all zero: the test exercises nothing"
+        u = rng.standard_normal(x.shape)
+        plus = np.asarray(oracle({**wide_feeds, name: x + eps * u}))
+        minus = np.asarray(oracle({**wide_feeds, name: x - eps * u}))
+        jvp = (plus - minus) / (2 * eps)
+        lhs = float(np.sum(u * vjp.astype(np.float64)))
+        rhs = float(np.sum(jvp * v))
+        scale = max(float(np.sum(np.abs(u * vjp))), float(np.sum(np.abs(jvp * v))))
+        assert abs(lhs - rhs) <= rtol * scale, (
+            f"adjoint identity fails for {name}: <u, VJP(v)> = {lhs:.8g}, <JVP(u), v> = {rhs:.8g}, "
+            f"relative error {abs(lhs - rhs) / scale:.3g} > {rtol}"
+        )
+    return dict(zip(wrt, vjps))
+
+
+def model_text(body: str, inputs: str, outputs: str, opset: int = 20, initializers: str = "") -> str:
+    """ONNX text for a one-graph model; ``initializers`` is the text between the graph's inputs and body."""
+    init = f"<{initializers}>" if initializers else ""
+    return (f'<ir_version: 10, opset_import: ["" : {opset}]>\n'
+            f"g ({inputs}) => ({outputs}) {init}\n{{\n{body}\n}}")
