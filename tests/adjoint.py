@@ -78,6 +78,11 @@ def check_adjoint(model: Union[str, onnx.ModelProto], wrt: Sequence[str], inputs
     v = rng.standard_normal(y.shape)
     session = ort.InferenceSession(grads_model.SerializeToString(), providers=["CPUExecutionProvider"])
     vjps = session.run([f"grad/{name}" for name in wrt], {**feeds, "seed": v.astype(np.float32)})
+    if output in {o.name for o in model.graph.output}:  # the oracle must compute what the runtime computes
+        forward = session.run([output], {**feeds, "seed": v.astype(np.float32)})[0]
+        assert forward.shape == y.shape, f"the oracle's output has shape {y.shape}, the runtime's {forward.shape}"
+        np.testing.assert_allclose(forward, y, rtol=1e-4, atol=1e-5 * (1 + float(np.max(np.abs(y), initial=0))),
+                                   err_msg="the oracle disagrees with ONNX Runtime on the forward output")
 
     for name, vjp in zip(wrt, vjps):
         x = wide_feeds[name]

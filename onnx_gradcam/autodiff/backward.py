@@ -7,7 +7,7 @@ input), so the caller decides what the target is. Only activations are different
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from onnx import NodeProto, TensorProto
 
@@ -42,11 +42,10 @@ class Gradients:
 
 
 def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
-             later_layers: Optional[dict[str, list[str]]] = None) -> Gradients:
+             suggest: Optional[Callable[[NodeProto], Sequence[str]]] = None) -> Gradients:
     """Emit d sum(seed * output) / d t for every tensor t in ``wrt``.
 
-    ``later_layers`` maps a node name to candidate layers after it, for the error message when
-    that node has no rule.
+    ``suggest(node)`` names layers after ``node``, for the error raised when that node has no rule.
     """
     ctx = GradContext(view)
     differentiable = _differentiable_tensors(view, wrt)
@@ -61,7 +60,7 @@ def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
             continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
-            raise UnsupportedOperatorError(node, (later_layers or {}).get(node.name, []))
+            raise UnsupportedOperatorError(node, suggest(node) if suggest else [])
         wants = [bool(name) and name in differentiable for name in node.input]
         dx = rule(ctx, Step(node, dy, wants))
         for name, grad, want in zip(node.input, dx, wants):

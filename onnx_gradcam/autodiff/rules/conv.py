@@ -27,12 +27,22 @@ def explicit_pads(s: Step, spatial: Sequence[int], kernel: Sequence[int], stride
     return begins + ends
 
 
+def spatial_shape(g: GradContext, s: Step, name: str) -> list[int]:
+    """The spatial dims of ``name`` (after batch and channels); they must be known, the batch need not be."""
+    shape = g.shape(name)
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        raise ValueError(f"{s.node.op_type} node {s.name!r}: the spatial dims of {name!r} must be known to "
+                         f"differentiate through it, but shape inference gave {shape}; give the model fixed "
+                         "image sizes (e.g. with onnx.tools.update_model_dims)")
+    return list(shape[2:])
+
+
 def window_attrs(g: GradContext, s: Step, kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
     """(strides, dilations, pads) of a windowed op over input ``s.x[0]``, defaults filled in."""
     rank = len(kernel)
     strides = list(s.attr("strides", [1] * rank))
     dilations = list(s.attr("dilations", [1] * rank))
-    spatial = g.static_shape(s.x[0])[2:]
+    spatial = spatial_shape(g, s, s.x[0])
     return strides, dilations, explicit_pads(s, spatial, kernel, strides, dilations)
 
 
@@ -69,7 +79,7 @@ def _conv(g: GradContext, s: Step):
     x, weight = s.x[0], s.x[1]
     kernel = list(s.attr("kernel_shape", None) or g.static_shape(weight)[2:])
     strides, dilations, pads = window_attrs(g, s, kernel)
-    dx = transposed_window_grad(g, s.dy[0], weight, g.static_shape(x)[2:], g.static_shape(s.y[0])[2:], kernel,
+    dx = transposed_window_grad(g, s.dy[0], weight, spatial_shape(g, s, x), spatial_shape(g, s, s.y[0]), kernel,
                                 strides, dilations, pads, s.attr("group", 1))
     return [dx, None, None][: len(s.x)]
 

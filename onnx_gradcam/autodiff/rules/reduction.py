@@ -1,1 +1,110 @@
-"""Gradient rules: reduction (to be written)."""
+"""Reductions and softmax. A reduction's gradient is its output gradient, put back in keepdims form so it
+broadcasts over the reduced axes, times the derivative of the reduced expression with respect to each element."""
+
+from __future__ import annotations
+
+from ..context import GradContext, Step
+from ..registry import rule
+
+
+def reduce_axes(g: GradContext, s: Step) -> list[int]:
+    """The sorted non-negative axes a Reduce* node reduces; ``[]`` when it reduces nothing (elementwise).
+
+    Opset 18+ form: axes are input 1; absent or empty means every axis, or none with noop_with_empty_axes=1.
+    """
+    rank = g.rank(s.x[0])
+    axes = [int(a) for a in g.require_constant(s, 1, "axes").reshape(-1)] if s.has_input(1) else []
+    if axes:
+        return g.normalize_axes(axes, rank)
+    return [] if s.attr("noop_with_empty_axes", 0) else list(range(rank))
+
+
+def kept(g: GradContext, s: Step, name: str, axes: list[int]) -> str:
+    """``name`` (shaped like the node's output) in keepdims form, so it broadcasts against the input."""
+    if s.attr("keepdims", 1) or not axes:
+        return name
+    return g.op("Unsqueeze", name, g.ints(axes))
+
+
+def _reduce_grads(local):
+    """A rule from ``local(g, s, x, dy, y, axes)``: the input gradient with dy and y already in keepdims form."""
+
+    def grad(g: GradContext, s: Step):
+        axes = reduce_axes(g, s)
+        dx = local(g, s, s.x[0], kept(g, s, s.dy[0], axes), kept(g, s, s.y[0], axes), axes)
+        return [dx] + [None] * (len(s.x) - 1)
+
+    return grad
+
+
+def _spread(g: GradContext, x: str, dy: str) -> str:
+    return g.op("Expand", dy, g.op("Shape", x))
+
+
+@rule("ReduceSum")
+@_reduce_grads
+def _reduce_sum(g, s, x, dy, y, axes):
+    return _spread(g, x, dy)
+
+
+@rule("ReduceMean")
+@_reduce_grads
+def _reduce_mean(g, s, x, dy, y, axes):
+    # Elements per output value, from runtime sizes so a symbolic batch dimension is no obstacle.
+    count = g.op("Cast", g.op("Div", g.op("Size", x), g.op("Size", s.y[0])), to=g.view.elem_type(x))
+    return g.op("Div", _spread(g, x, dy), count)
+
+
+@rule("ReduceMax", "ReduceMin")
+@_reduce_grads
+def _reduce_extremum(g, s, x, dy, y, axes):
+    # Tied extrema share the gradient evenly, as torch.amax / torch.amin do.
+    hits = g.mask(g.op("Equal", x, y), x)
+    count = g.op("ReduceSum", hits, g.ints(axes), keepdims=1) if axes else hits
+    return g.op("Mul", hits, g.op("Div", dy, count))
+
+
+@rule("ReduceL2")
+@_reduce_grads
+def _reduce_l2(g, s, x, dy, y, axes):
+    # x / ||x||, and 0 where the norm is 0, as torch.linalg.vector_norm.
+    nonzero = g.op("Not", g.op("Equal", y, g.scalar(0.0, x)))
+    return g.op("Mul", x, g.where_else_zero(nonzero, g.op("Div", dy, y), x))
+
+
+@rule("ReduceL1")
+@_reduce_grads
+def _reduce_l1(g, s, x, dy, y, axes):
+    return g.op("Mul", dy, g.op("Sign", x))  # Sign(0) = 0, as torch's abs backward
+
+
+@rule("ReduceSumSquare")
+@_reduce_grads
+def _reduce_sum_square(g, s, x, dy, y, axes):
+    return g.op("Mul", g.op("Mul", dy, x), g.scalar(2.0, x))
+
+
+@rule("ReduceLogSumExp")
+@_reduce_grads
+def _reduce_log_sum_exp(g, s, x, dy, y, axes):
+    return g.op("Mul", dy, g.op("Exp", g.op("Sub", x, y)))  # softmax over the reduced axes
+
+
+@rule("ReduceLogSum")
+@_reduce_grads
+def _reduce_log_sum(g, s, x, dy, y, axes):
+    return _spread(g, x, g.op("Mul", dy, g.op("Exp", g.op("Neg", y))))  # 1 / sum(x) = exp(-y)
+
+
+@rule("Softmax")
+def _softmax(g: GradContext, s: Step):
+    y, dy = s.y[0], s.dy[0]
+    inner = g.op("ReduceSum", g.op("Mul", dy, y), g.ints([s.attr("axis", -1)]), keepdims=1)
+    return [g.op("Mul", y, g.op("Sub", dy, inner))]
+
+
+@rule("LogSoftmax")
+def _log_softmax(g: GradContext, s: Step):
+    y, dy = s.y[0], s.dy[0]
+    total = g.op("ReduceSum", dy, g.ints([s.attr("axis", -1)]), keepdims=1)
+    return [g.op("Sub", dy, g.op("Mul", g.op("Exp", y), total))]

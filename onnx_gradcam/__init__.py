@@ -1,0 +1,30 @@
+"""onnx-gradcam: Grad-CAM and its family for any ONNX model, on stock ONNX Runtime.
+
+The backward pass of the part of the graph between the explained layer and the output is rebuilt out of
+ordinary ONNX operators, so no training framework is needed at explain time.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from . import metadata as _metadata
+from .autodiff import UnsupportedOperatorError, gradient_model, supported_ops
+from .explainer import Explainer, Explanation, LayerGradients
+from .graph.layers import Layer, candidate_layers
+from .graph.model import ModelLike, load_model, normalize
+from .graph.view import GraphView
+
+__version__ = "0.1.0"
+
+
+def list_layers(model: ModelLike, output: Union[str, int, None] = None) -> list[Layer]:
+    """The candidate target layers of ``model`` on the path to ``output``, in graph order (the last is the default)."""
+    from .explainer import _resolve_output
+
+    view = GraphView(normalize(load_model(model)))
+    return candidate_layers(view, _resolve_output(view, output), _metadata.read(view.model))
+
+
+__all__ = ["Explainer", "Explanation", "Layer", "LayerGradients", "UnsupportedOperatorError", "gradient_model",
+           "list_layers", "supported_ops"]

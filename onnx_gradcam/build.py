@@ -1,0 +1,97 @@
+"""Building the explainer model: the forward graph, the head's backward pass, and the CAM, in one ONNX model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from onnx import ModelProto, TensorProto, helper
+
+from .autodiff import backward
+from .autodiff.emit import Emitter
+from .graph.assemble import extend_model, tensor_info
+from .graph.layers import Layer
+from .graph.view import GraphView
+from .maps import combine, normalize, upsample
+from .methods import gradient_method
+from .targets import class_seed
+
+CLASS_INPUT = "target_class"
+SEED_INPUT = "target_seed"
+CAM_OUTPUT = "cam"
+CLASS_OUTPUT = "explained_class"
+
+
+def raw_output(layer: Layer) -> str:
+    return f"cam_raw/{layer.tensor}"
+
+
+def gradient_output(layer: Layer) -> str:
+    return f"grad/{layer.tensor}"
+
+
+@dataclass
+class ExplainerModel:
+    """An explainer model and the names of its parts."""
+
+    model: ModelProto
+    layers: list[Layer]
+    output: str
+    target_input: str
+    model_outputs: list[str]
+    class_output: Optional[str]
+
+    @property
+    def activation_outputs(self) -> list[str]:
+        return [layer.tensor for layer in self.layers]
+
+    @property
+    def gradient_outputs(self) -> list[str]:
+        return [gradient_output(layer) for layer in self.layers]
+
+    @property
+    def raw_outputs(self) -> list[str]:
+        return [raw_output(layer) for layer in self.layers]
+
+
+def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str, method: str, target: str,
+                          image: str, image_layout: str, later_layers=None) -> ExplainerModel:
+    """``target`` is ``"class"`` (int64 class per image, -1 for the top class) or ``"seed"`` (a float seed
+    shaped like ``output``)."""
+    compute_map = gradient_method(method)
+    elem_type = view.elem_type(output)
+    e = Emitter("explain/", view.all_tensor_names() | {o for n in view.nodes for o in n.output})
+    if target == "class":
+        if view.rank(output) != 2:
+            raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
+                             "Give a seed array shaped like the output instead")
+        target_input = CLASS_INPUT
+        target_info = tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]])
+        seed, chosen = class_seed(e, output, CLASS_INPUT, elem_type)
+    else:
+        target_input, seed, chosen = SEED_INPUT, SEED_INPUT, None
+        target_info = tensor_info(SEED_INPUT, elem_type, view.shape(output))
+
+    seed_nodes = len(e.nodes)
+    grads = backward(view, output, seed, [layer.tensor for layer in layers], later_layers)
+    finals, named = [], []
+    for layer in layers:
+        raw = compute_map(e, layer.tensor, grads.names[layer.tensor], layer)
+        named += [(raw, raw_output(layer)), (grads.names[layer.tensor], gradient_output(layer))]
+        finals.append(normalize(e, upsample(e, raw, image, image_layout)))
+    named.append((combine(e, finals), CAM_OUTPUT))
+    if chosen is not None:
+        named.append((chosen, CLASS_OUTPUT))
+    renames = [helper.make_node("Identity", [source], [name], name=f"explain/output_{i}")
+               for i, (source, name) in enumerate(named)]
+
+    outputs = [tensor_info(layer.tensor, view.elem_type(layer.tensor), view.shape(layer.tensor))
+               for layer in layers if layer.tensor not in view.output_names]
+    outputs += [tensor_info(name, TensorProto.INT64 if name == CLASS_OUTPUT else elem_type, None)
+                for _, name in named]
+    clashes = {name for _, name in named} & (view.all_tensor_names() | set(view.output_names))
+    if clashes:
+        raise ValueError(f"the model already has tensors named {sorted(clashes)}, which the explainer adds")
+    model = extend_model(view.model, e.nodes[:seed_nodes] + grads.nodes + e.nodes[seed_nodes:] + renames,
+                         grads.initializers + e.initializers, inputs=[target_info], outputs=outputs)
+    return ExplainerModel(model, list(layers), output, target_input, view.output_names, chosen and CLASS_OUTPUT)

@@ -1,0 +1,183 @@
+"""The ``Explainer``: Grad-CAM for any ONNX model, run as one ONNX Runtime session per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from . import metadata as metadata_schema
+from .build import ExplainerModel, build_explainer_model
+from .graph.layers import Layer, candidate_layers, resolve_layer
+from .graph.model import ModelLike, load_model, normalize
+from .graph.view import GraphView
+from .methods import gradient_method
+from .runtime import Providers, make_session, resolve_providers
+from .targets import TOP_CLASS
+
+Images = Union[np.ndarray, Mapping[str, np.ndarray]]
+Targets = Union[None, int, Sequence[int], np.ndarray]
+
+
+@dataclass
+class Explanation:
+    """What one call of an :class:`Explainer` returns.
+
+    ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (by display
+    name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
+    the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
+    """
+
+    cams: np.ndarray
+    raw: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    classes: Optional[np.ndarray]
+    layers: list[Layer] = field(default_factory=list)
+
+
+@dataclass
+class LayerGradients:
+    """A layer's activations and d(target)/d(activations), both in the layer's own layout."""
+
+    activations: np.ndarray
+    gradients: np.ndarray
+
+
+class Explainer:
+    """Explain an ONNX model's decisions with a CAM method, on ONNX Runtime.
+
+    Args:
+        model: a path, serialized bytes or ``onnx.ModelProto``. It is copied, never modified.
+        layer: ``"auto"`` (the last rank-4 activation before the spatial dims are pooled away), a framework
+            layer name (PyTorch module path, Keras layer name) or a tensor name; or a list of these, whose maps
+            are averaged into one.
+        method: the CAM method (``"gradcam"``).
+        output: which model output to explain (name or index); the first by default.
+        providers: ``"auto"`` (CUDA when it works here, else the CPU) or ONNX Runtime provider names.
+    """
+
+    def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
+                 output: Union[str, int, None] = None, providers: Providers = "auto"):
+        self.view = GraphView(normalize(load_model(model)))
+        self.metadata = metadata_schema.read(self.view.model)
+        self.output = _resolve_output(self.view, output)
+        candidates = candidate_layers(self.view, self.output, self.metadata)
+        specs = [layer] if isinstance(layer, str) else list(layer)
+        self.layers = [resolve_layer(self.view, spec, self.output, candidates, self.metadata) for spec in specs]
+        self._candidates = candidates
+        gradient_method(method)  # fail now, not at the first call, on an unknown name
+        self.method = method
+        self.image_input, self.image_layout = _image_input(self.view, self.metadata)
+        self.providers = resolve_providers(providers)
+        self._built: dict[str, ExplainerModel] = {}
+        self._sessions: dict[str, object] = {}
+
+    # --- the explainer model ---------------------------------------------------------------------------------
+    def explainer_model(self, target: str = "class") -> ExplainerModel:
+        """The ONNX model that computes outputs, gradients and maps (``target``: ``"class"`` or ``"seed"``)."""
+        if target not in self._built:
+            self._built[target] = build_explainer_model(
+                self.view, self.layers, self.output, self.method, target, self.image_input, self.image_layout,
+                self._layers_after)
+        return self._built[target]
+
+    def save(self, path: str, target: str = "class") -> None:
+        """Write the explainer model: it runs in any ONNX Runtime, without this package."""
+        onnx.save(self.explainer_model(target).model, path)
+
+    def _layers_after(self, node: onnx.NodeProto) -> list[str]:
+        position = self.view.position[node.name]
+        return [layer.display_name for layer in reversed(self._candidates)
+                if layer.tensor in self.view.producer and self.view.position[self.view.producer[layer.tensor].name]
+                > position]
+
+    def _session(self, target: str):
+        if target not in self._sessions:
+            self._sessions[target] = make_session(self.explainer_model(target).model, self.providers)
+        return self._sessions[target]
+
+    # --- running -----------------------------------------------------------------------------------------------
+    def __call__(self, images: Images, targets: Targets = None) -> Explanation:
+        """Explain a batch: ``images`` in the model's own input layout; ``targets`` None (top class), a class
+        index, one class index per image, or a float seed array shaped like the explained output."""
+        built, values = self._run(images, targets, lambda b: b.model_outputs + b.raw_outputs + ["cam"] +
+                                  ([b.class_output] if b.class_output else []))
+        return Explanation(
+            cams=values["cam"],
+            raw={layer.display_name: values[name] for layer, name in zip(self.layers, built.raw_outputs)},
+            outputs={name: values[name] for name in built.model_outputs},
+            classes=values.get(built.class_output) if built.class_output else None,
+            layers=list(self.layers),
+        )
+
+    def gradients(self, images: Images, targets: Targets = None) -> dict[str, LayerGradients]:
+        """Per layer (by display name): its activations and d(target)/d(activations), as NumPy arrays."""
+        built, values = self._run(images, targets, lambda b: b.activation_outputs + b.gradient_outputs)
+        return {layer.display_name: LayerGradients(values[layer.tensor], values[grad])
+                for layer, grad in zip(self.layers, built.gradient_outputs)}
+
+    def _run(self, images: Images, targets: Targets, wanted):
+        feeds = self._feeds(images)
+        batch = len(next(iter(feeds.values())))
+        target, value = self._target_feed(targets, batch)
+        built = self.explainer_model(target)
+        names = wanted(built)
+        results = self._session(target).run(names, {**feeds, built.target_input: value})
+        return built, dict(zip(names, results))
+
+    def _feeds(self, images: Images) -> dict[str, np.ndarray]:
+        inputs = self.view.input_names
+        if isinstance(images, Mapping):
+            missing = set(inputs) - set(images)
+            if missing:
+                raise ValueError(f"missing model inputs {sorted(missing)}; the model takes {inputs}")
+            return {name: np.asarray(images[name]) for name in inputs}
+        if len(inputs) != 1:
+            raise ValueError(f"the model takes several inputs {inputs}: pass a dict of arrays")
+        array = np.asarray(images)
+        expected = self.view.rank(inputs[0])
+        if expected is not None and array.ndim != expected:
+            raise ValueError(f"input {inputs[0]!r} takes rank-{expected} arrays {self.view.shape(inputs[0])}, "
+                             f"got shape {array.shape}")
+        return {inputs[0]: array}
+
+    def _target_feed(self, targets: Targets, batch: int) -> tuple[str, np.ndarray]:
+        if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":
+            return "seed", targets
+        if targets is None:
+            classes = np.full(batch, TOP_CLASS, dtype=np.int64)
+        else:
+            classes = np.asarray(targets, dtype=np.int64).reshape(-1)
+            if classes.size == 1:
+                classes = np.repeat(classes, batch)
+            if classes.size != batch:
+                raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one "
+                                 "class for all")
+        return "class", classes
+
+
+def _resolve_output(view: GraphView, output: Union[str, int, None]) -> str:
+    names = view.output_names
+    if output is None:
+        return names[0]
+    if isinstance(output, int):
+        if not -len(names) <= output < len(names):
+            raise ValueError(f"output index {output} is out of range; the model has outputs {names}")
+        return names[output]
+    if output not in names:
+        raise ValueError(f"no output named {output!r}; the model's outputs are {names}")
+    return output
+
+
+def _image_input(view: GraphView, meta: metadata_schema.Metadata) -> tuple[str, str]:
+    """The first float rank-4 input, and its layout (from metadata, else guessed from where 1, 3 or 4 channels sit)."""
+    for name in view.input_names:
+        shape = view.shape(name)
+        if view.is_float(name) and shape is not None and len(shape) == 4:
+            if meta.input_layout:
+                return name, meta.input_layout
+            channels_last = shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
+            return name, "NHWC" if channels_last else "NCHW"
+    raise ValueError(f"the model has no image input of rank 4; its inputs are {view.input_names}")

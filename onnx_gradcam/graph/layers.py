@@ -1,0 +1,143 @@
+"""Candidate target layers: which tensors a CAM can be computed at, what the framework called them, and the default."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..metadata import Metadata
+from .view import Dim, GraphView
+
+TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A tensor of the graph a CAM can be computed at.
+
+    ``name`` is the framework's name for it where known (a PyTorch module path, a Keras layer name),
+    ``aliases`` the other framework names of the same tensor (the module it ends, and their parents).
+    """
+
+    tensor: str
+    op: str
+    shape: tuple[Dim, ...]
+    name: Optional[str] = None
+    aliases: tuple[str, ...] = ()
+    layout: str = "NCHW"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.tensor
+
+    @property
+    def spatial_axes(self) -> tuple[int, int]:
+        return (1, 2) if self.layout == "NHWC" else (2, 3)
+
+    @property
+    def channel_axis(self) -> int:
+        return 3 if self.layout == "NHWC" else 1
+
+    def __str__(self) -> str:
+        shape = "x".join("?" if d is None else str(d) for d in self.shape)
+        named = f" ({self.name})" if self.name and self.name != self.tensor else ""
+        return f"{self.tensor}{named}: {self.op} [{shape}] {self.layout}"
+
+
+def framework_names(view: GraphView, metadata: Metadata) -> dict[str, list[str]]:
+    """Tensor name -> framework names, outermost first: from our metadata, else from exporter scopes."""
+    names: dict[str, list[str]] = {}
+    for name, info in metadata.layers.items():
+        names.setdefault(info.tensor, []).append(name)
+    scopes_of = {node.name: _torch_module_scopes(node) for node in view.nodes}
+    last_node_of: dict[str, int] = {}
+    for index, node in enumerate(view.nodes):
+        for scope in scopes_of[node.name]:
+            last_node_of[scope] = index
+    for index, node in enumerate(view.nodes):
+        ended = [scope for scope in scopes_of[node.name] if last_node_of[scope] == index]
+        if ended and node.output and node.output[0] not in names:
+            names[node.output[0]] = ended
+    return names
+
+
+def _torch_module_scopes(node) -> list[str]:
+    """The module paths a node belongs to, outermost first (the root '' and the op's own name dropped)."""
+    for prop in node.metadata_props:
+        if prop.key == TORCH_SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [s for s in scopes[:-1] if s]
+    return []
+
+
+def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[Layer]:
+    """Float rank-4 tensors with spatial extent > 1 that lie on a path to ``output``, in graph order."""
+    needed = view.ancestors([output])
+    names = framework_names(view, metadata)
+    layouts = {info.tensor: info.layout for info in metadata.layers.values()}
+    candidates = []
+    for node in view.nodes:
+        for tensor in node.output:
+            if not tensor or tensor not in needed or not view.is_float(tensor):
+                continue
+            layer = make_layer(view, tensor, names, layouts)
+            if layer is not None and _has_spatial_extent(layer):
+                candidates.append(layer)
+    return candidates
+
+
+def make_layer(view: GraphView, tensor: str, names: dict[str, list[str]], layouts: dict[str, str]) -> Optional[Layer]:
+    shape = view.shape(tensor)
+    if shape is None or len(shape) != 4:
+        return None
+    producer = view.producer.get(tensor)
+    aliases = names.get(tensor, [])
+    return Layer(tensor=tensor, op=producer.op_type if producer is not None else "Input", shape=tuple(shape),
+                 name=aliases[0] if aliases else None, aliases=tuple(aliases[1:]),
+                 layout=layouts.get(tensor, "NCHW"))
+
+
+def _has_spatial_extent(layer: Layer) -> bool:
+    h, w = (layer.shape[a] for a in layer.spatial_axes)
+    return not (isinstance(h, int) and isinstance(w, int) and h * w <= 1)
+
+
+def default_layer(candidates: Sequence[Layer], output: str) -> Layer:
+    """The last candidate before the output: where the spatial dims are about to be pooled or flattened away."""
+    if not candidates:
+        raise ValueError(
+            f"no tensor of rank 4 with a spatial extent lies on the path to output {output!r}; name a layer "
+            "explicitly (for token activations of shape (N, tokens, C), give a reshape spec)"
+        )
+    return candidates[-1]
+
+
+def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[Layer],
+                  metadata: Metadata) -> Layer:
+    """The layer a user named: 'auto', a framework name, or any float tensor of rank 4 before ``output``."""
+    if spec == "auto":
+        return default_layer(candidates, output)
+    for layer in candidates:
+        if spec == layer.tensor or spec == layer.name or spec in layer.aliases:
+            return layer
+    info = metadata.layers.get(spec)
+    tensor = info.tensor if info else spec
+    if tensor in view.ancestors([output]) and view.is_float(tensor):
+        names = framework_names(view, metadata)
+        layouts = {i.tensor: i.layout for i in metadata.layers.values()}
+        layer = make_layer(view, tensor, names, layouts)
+        if layer is not None:
+            return layer
+        raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a "
+                         "rank-4 activation (N, C, H, W) or (N, H, W, C)")
+    known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
+                   | set(metadata.layers))
+    close = difflib.get_close_matches(spec, known, n=5, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"no layer named {spec!r} on the path to output {output!r}.{hint} "
+                     "onnx_gradcam.list_layers(model) lists the candidates.")

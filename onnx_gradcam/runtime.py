@@ -1,0 +1,69 @@
+"""ONNX Runtime sessions: which providers, chosen once and quietly. No CAM maths here."""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence, Union
+
+import onnxruntime as ort
+from onnx import ModelProto, TensorProto, helper
+
+from .graph.model import set_ir_version
+
+Providers = Union[str, Sequence[str]]
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_QUIET = 3  # ONNX Runtime's logging severity for "errors only as exceptions"
+
+
+def resolve_providers(providers: Providers = "auto") -> list[str]:
+    """``"auto"``: CUDA when a CUDA session really runs here, else the CPU. Otherwise the names given, checked."""
+    if providers == "auto":
+        return _auto_providers()
+    names = [providers] if isinstance(providers, str) else list(providers)
+    available = ort.get_available_providers()
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(f"execution provider(s) {unknown} are not available in this onnxruntime build; "
+                         f"available: {available}")
+    return names
+
+
+@functools.lru_cache(maxsize=1)
+def _auto_providers() -> list[str]:
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() and _cuda_works() else [CPU]
+
+
+def _cuda_works() -> bool:
+    """Create a one-node CUDA session with logging silenced: a GPU build on a machine without a GPU falls
+    back to the CPU (and would log errors) rather than fail."""
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001  (missing CUDA libraries simply mean no CUDA)
+            return False
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = set_ir_version(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    options = ort.SessionOptions()
+    options.log_severity_level = _QUIET
+    previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
+    ort.set_default_logger_severity(_QUIET)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CUDA])
+        return session.get_providers()[0] == CUDA
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        ort.set_default_logger_severity(previous)
+
+
+def make_session(model: Union[ModelProto, bytes], providers: Providers = "auto") -> ort.InferenceSession:
+    """An inference session over ``model`` with the resolved providers and full graph optimisation."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = _QUIET
+    payload = model.SerializeToString() if isinstance(model, ModelProto) else model
+    return ort.InferenceSession(payload, options, providers=resolve_providers(providers))

@@ -1,0 +1,119 @@
+"""Exactness on whole torchvision networks (random weights, eval mode), exported with the dynamo exporter.
+
+For each network: gradients from ``Explainer.gradients`` equal ``torch.autograd.grad`` of the same logits
+w.r.t. the same module output, at the default layer and at a layer inside a residual block or at a
+Concat merge; and the Grad-CAM maps equal pytorch-grad-cam's ``GradCAM``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from converters.pytorch import export
+from onnx_gradcam import Explainer
+
+pytestmark = pytest.mark.slow
+
+# arch: (module whose output the default layer is, a layer inside a block or at a merge)
+ARCHS = {
+    "resnet18": ("layer4", "layer3.0.bn2"),
+    "resnet50": ("layer4", "layer3.1.bn2"),
+    "resnext50_32x4d": ("layer4", "layer3.1.bn2"),
+    "wide_resnet50_2": ("layer4", "layer2.1.bn3"),
+    "vgg16_bn": ("avgpool", "features.32"),
+    "densenet121": ("features", "features.denseblock3"),   # default layer: relu(features), see _torch_side
+    "mobilenet_v2": ("features", "features.10.conv"),
+    "mobilenet_v3_large": ("features", "features.12.block"),
+    "efficientnet_b0": ("features", "features.5.1.block"),
+    "googlenet": ("inception5b", "inception4c"),
+    "squeezenet1_1": ("classifier.2", "features.12"),
+    "shufflenet_v2_x1_0": ("conv5", "stage3.2.branch2"),
+    "mnasnet1_0": ("layers", "layers.9.1.layers"),
+    "regnet_y_400mf": ("trunk_output", "trunk_output.block3.block3-1.f"),
+    "convnext_tiny": ("features", "features.5.3.block"),
+}
+# densenet121 applies F.relu after `features`: its last rank-4 tensor (the default layer) is that ReLU's output.
+RELU_AFTER = {"densenet121"}
+CLASSES = [3, 817]
+REL_TOL = 1e-4
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def _build(arch: str):
+    torch.manual_seed(0)
+    extra = {"init_weights": True} if arch == "googlenet" else {}
+    model = getattr(torchvision.models, arch)(weights=None, **extra).eval()
+    images = torch.randn(2, 3, 224, 224)
+    return model, images
+
+
+def _torch_side(model, images, module_name: str, relu_after: bool = False):
+    """Activations of ``module_name`` and d(sum of CLASSES logits)/d(activations), by autograd."""
+    captured = {}
+    module = dict(model.named_modules())[module_name]
+
+    def hook(_, __, output):
+        if relu_after:  # hand back relu(output) as the module's output; the model's in-place ReLU keeps it
+            output = torch.relu(output).clone()
+        captured["a"] = output
+        return output if relu_after else None
+
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    score = logits[torch.arange(len(CLASSES)), torch.tensor(CLASSES)].sum()
+    (grad,) = torch.autograd.grad(score, captured["a"])
+    return captured["a"].detach().numpy(), grad.numpy()
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def exported(request, tmp_path_factory):
+    arch = request.param
+    model, images = _build(arch)
+    path = tmp_path_factory.mktemp(arch) / f"{arch}.onnx"
+    _, inner = ARCHS[arch]
+    export(model, images, path, layers=[inner])
+    return arch, model, images, path
+
+
+def test_default_layer_gradients_equal_autograd(exported):
+    arch, model, images, path = exported
+    module_name, _ = ARCHS[arch]
+    explainer = Explainer(path, layer="auto", providers="CPUExecutionProvider")
+    (ours,) = explainer.gradients(images.numpy(), CLASSES).values()
+    activations, grad = _torch_side(model, images, module_name, relu_after=arch in RELU_AFTER)
+    assert relative_error(ours.activations, activations) <= REL_TOL, "the default layer is not the module's output"
+    assert relative_error(ours.gradients, grad) <= REL_TOL
+
+
+def test_inner_layer_gradients_equal_autograd(exported):
+    arch, model, images, path = exported
+    _, inner = ARCHS[arch]
+    explainer = Explainer(path, layer=inner, providers="CPUExecutionProvider")
+    ours = explainer.gradients(images.numpy(), CLASSES)[inner]
+    activations, grad = _torch_side(model, images, inner)
+    assert relative_error(ours.activations, activations) <= REL_TOL
+    assert relative_error(ours.gradients, grad) <= REL_TOL
+
+
+def test_gradcam_equals_pytorch_grad_cam(exported):
+    arch, model, images, path = exported
+    module_name, inner = ARCHS[arch]
+    # pytorch-grad-cam hooks modules; densenet's default layer is no module's output, so compare it at `inner`.
+    layer = inner if arch in RELU_AFTER else module_name
+    explainer = Explainer(path, layer=layer if layer == inner else "auto", providers="CPUExecutionProvider")
+    ours = explainer(images.numpy(), CLASSES).cams
+    with GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]]) as peer:
+        theirs = peer(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in CLASSES])
+    assert ours.shape == theirs.shape == (2, 224, 224)
+    assert np.abs(ours - theirs).max() <= 1e-3
