@@ -11,10 +11,11 @@ from ..context import GradContext, Step
 from ..registry import rule
 
 
-def normalized_backward(g: GradContext, x: str, dxhat: str, axes: list[int], epsilon: float) -> str:
+def normalized_backward(g: GradContext, x: str, dxhat: str, axes: list[int], epsilon: float, like: str) -> str:
     """The gradient of x for xhat = (x - mean(x)) / sqrt(var(x) + epsilon), statistics over ``axes``.
 
-    dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means over ``axes``.
+    dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means over ``axes``. ``like`` is a forward
+    tensor of x's type.
     """
     axes_const = g.ints(axes)
 
@@ -23,7 +24,7 @@ def normalized_backward(g: GradContext, x: str, dxhat: str, axes: list[int], eps
 
     centered = g.op("Sub", x, mean(x))
     variance = mean(g.op("Mul", centered, centered))
-    inv_std = g.op("Reciprocal", g.op("Sqrt", g.op("Add", variance, g.scalar(epsilon, x))))
+    inv_std = g.op("Reciprocal", g.op("Sqrt", g.op("Add", variance, g.scalar(epsilon, like))))
     xhat = g.op("Mul", centered, inv_std)
     projected = g.op("Add", mean(dxhat), g.op("Mul", xhat, mean(g.op("Mul", dxhat, xhat))))
     return g.op("Mul", inv_std, g.op("Sub", dxhat, projected))
@@ -67,7 +68,7 @@ def _layer_normalization(g: GradContext, s: Step):
     axis = s.attr("axis", -1)
     axes = list(range(axis + rank if axis < 0 else axis, rank))
     dxhat = g.op("Mul", s.dy[0], scale)
-    return _with_weights(normalized_backward(g, x, dxhat, axes, s.attr("epsilon", 1e-5)), s)
+    return _with_weights(normalized_backward(g, x, dxhat, axes, s.attr("epsilon", 1e-5), x), s)
 
 
 @rule("InstanceNormalization")
@@ -76,7 +77,7 @@ def _instance_normalization(g: GradContext, s: Step):
     x, scale = s.x[:2]
     rank = g.rank(x)
     dxhat = g.op("Mul", s.dy[0], per_channel(g, scale, rank))
-    return _with_weights(normalized_backward(g, x, dxhat, list(range(2, rank)), s.attr("epsilon", 1e-5)), s)
+    return _with_weights(normalized_backward(g, x, dxhat, list(range(2, rank)), s.attr("epsilon", 1e-5), x), s)
 
 
 @rule("GroupNormalization")
@@ -90,15 +91,17 @@ def _group_normalization(g: GradContext, s: Step):
         dxhat = g.op("Reshape", g.op("Mul", s.dy[0], per_channel(g, scale, g.rank(x))), grouped)
     else:  # opset 18-20: scale per group
         dxhat = g.op("Mul", g.op("Reshape", s.dy[0], grouped), g.op("Reshape", scale, g.ints([groups, 1])))
-    dx = normalized_backward(g, g.op("Reshape", x, grouped), dxhat, [2], s.attr("epsilon", 1e-5))
+    dx = normalized_backward(g, g.op("Reshape", x, grouped), dxhat, [2], s.attr("epsilon", 1e-5), x)
     return _with_weights(g.reshape_like(dx, x), s)
 
 
-def _channel_window_sum(g: GradContext, t: str, size: int, before: int, after: int) -> str:
-    """Sum of ``t`` over channels [c - before, c + after] (zeros beyond the ends), as a Conv over (N, 1, C, rest)."""
+def _channel_window_sum(g: GradContext, t: str, size: int, before: int, after: int, like: str) -> str:
+    """Sum of ``t`` over channels [c - before, c + after] (zeros beyond the ends), as a Conv over (N, 1, C, rest).
+
+    ``t`` is shaped like the forward tensor ``like``."""
     columns = g.op("Unsqueeze", g.op("Reshape", t, g.ints([0, 0, -1])), g.ints([1]))
-    ones = g.const(np.ones([1, 1, size, 1], g.np_dtype(t)), hint="ones_window")
-    return g.reshape_like(g.op("Conv", columns, ones, pads=[before, 0, after, 0]), t)
+    ones = g.const(np.ones([1, 1, size, 1], g.np_dtype(like)), hint="ones_window")
+    return g.reshape_like(g.op("Conv", columns, ones, pads=[before, 0, after, 0]), like)
 
 
 @rule("LRN")
@@ -108,11 +111,12 @@ def _lrn(g: GradContext, s: Step):
     size = s.attr("size")
     alpha, beta, bias = s.attr("alpha", 1e-4), s.attr("beta", 0.75), s.attr("bias", 1.0)
     lo, hi = (size - 1) // 2, size // 2  # floor and ceil of (size - 1) / 2, as the spec says
-    square_sum = _channel_window_sum(g, g.op("Mul", x, x), size, lo, hi)
+    square_sum = _channel_window_sum(g, g.op("Mul", x, x), size, lo, hi, x)
     d = g.op("Add", g.op("Mul", square_sum, g.scalar(alpha / size, x)), g.scalar(bias, x))
-    d_beta = g.op("Pow", d, g.scalar(-beta, x))
+    d_neg_beta = g.op("Pow", d, g.scalar(-beta, x))
     # Channel c's d sees x_j for j in its window; the transposed window [j - hi, j + lo] gathers them back.
-    through_d = g.op("Mul", dy, g.op("Mul", x, g.op("Div", d_beta, d)))
-    gathered = _channel_window_sum(g, through_d, size, hi, lo)
-    dx = g.op("Sub", g.op("Mul", dy, d_beta), g.op("Mul", g.op("Mul", x, gathered), g.scalar(2 * alpha * beta / size, x)))
+    through_d = g.op("Mul", dy, g.op("Mul", x, g.op("Div", d_neg_beta, d)))
+    gathered = _channel_window_sum(g, through_d, size, hi, lo, x)
+    through_d_term = g.op("Mul", g.op("Mul", x, gathered), g.scalar(2 * alpha * beta / size, x))
+    dx = g.op("Sub", g.op("Mul", dy, d_neg_beta), through_d_term)
     return [dx]
