@@ -42,7 +42,9 @@ def test_squeeze(axes, y):
     check_adjoint(model_text(body, "float[2,1,4,1] x", f"float{y} y"), ["x"])
 
 
-@pytest.mark.parametrize("axes, y", [([0], "[1,2,3]"), ([-1], "[2,3,1]"), ([1, 3], "[2,1,3,1]"), ([-1, 0], "[1,2,3,1]")])
+@pytest.mark.parametrize("axes, y", [
+    ([0], "[1,2,3]"), ([-1], "[2,3,1]"), ([1, 3], "[2,1,3,1]"), ([-1, 0], "[1,2,3,1]"),
+])
 def test_unsqueeze(axes, y):
     check_adjoint(model_text(f"{_ints('a', axes)}\n y = Unsqueeze(x, a)", "float[2,3] x", f"float{y} y"), ["x"])
 

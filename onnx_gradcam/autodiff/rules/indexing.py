@@ -31,8 +31,8 @@ def reselect(g: GradContext, s: Step, inputs: Optional[list[str]] = None) -> str
     return selection_adjoint(g, s.x[0], s.dy[0], lambda positions: g.op(s.node.op_type, positions, *inputs, **attrs))
 
 
-def _axis(g: GradContext, s: Step, default: Optional[int] = 0) -> int:
-    axis = s.attr("axis", default)
+def _axis(g: GradContext, s: Step) -> int:
+    axis = s.attr("axis", 0)
     return axis + g.rank(s.x[0]) if axis < 0 else axis
 
 
