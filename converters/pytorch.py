@@ -6,6 +6,7 @@ and a wrapper returns them after the model's own outputs, so the exporter cannot
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 from typing import Any, Optional, Sequence, Union
@@ -51,12 +52,24 @@ def export(model, example_inputs, path: Union[str, os.PathLike], layers: Sequenc
     finally:
         model.train(was_training)
     exported = program.model_proto
+    _drop_wrapper_scope(exported)
     metadata.write(exported, metadata.Metadata(
         framework="pytorch", framework_version=torch.__version__, input_layout="NCHW",
         layers={name: metadata.LayerInfo(tensor=name, layout="NCHW") for name, _ in named},
         preprocessing=dict(preprocessing or {})))
     onnx.save(exported, os.fspath(path))
     return exported
+
+
+def _drop_wrapper_scope(model: onnx.ModelProto) -> None:
+    """Module scopes recorded under the wrapper read 'model.layer4'; make them the user's own 'layer4'."""
+    prefix = _WithLayerOutputs.MODEL_ATTRIBUTE
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                scopes = ast.literal_eval(prop.value)
+                prop.value = repr([s[len(prefix) + 1:] if s.startswith(prefix + ".") else ("" if s == prefix else s)
+                                   for s in scopes])
 
 
 def resolve_modules(model, layers: Sequence[LayerSpec]) -> list[tuple[str, Any]]:
@@ -89,6 +102,8 @@ def _flatten(value) -> list:
 
 class _WithLayerOutputs(torch.nn.Module):
     """Runs the model and returns its flattened outputs followed by the captured layer outputs."""
+
+    MODEL_ATTRIBUTE = "model"
 
     def __init__(self, model, named: list[tuple[str, Any]]):
         super().__init__()

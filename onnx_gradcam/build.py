@@ -74,22 +74,26 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
 
     seed_nodes = len(e.nodes)
     grads = backward(view, output, seed, [layer.tensor for layer in layers], later_layers)
-    finals, named = [], []
+    batch = view.shape(output)[0]
+    image_shape = view.shape(image)
+    image_hw = image_shape[2:4] if image_layout == "NCHW" else image_shape[1:3]
+    finals, named = [], []  # named: (tensor, output name, element type, shape)
     for layer in layers:
         raw = compute_map(e, layer.tensor, grads.names[layer.tensor], layer)
-        named += [(raw, raw_output(layer)), (grads.names[layer.tensor], gradient_output(layer))]
+        layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
+        named += [(raw, raw_output(layer), elem_type, [batch, *layer_hw]),
+                  (grads.names[layer.tensor], gradient_output(layer), elem_type, list(layer.shape))]
         finals.append(normalize(e, upsample(e, raw, image, image_layout)))
-    named.append((combine(e, finals), CAM_OUTPUT))
+    named.append((combine(e, finals), CAM_OUTPUT, elem_type, [batch, *image_hw]))
     if chosen is not None:
-        named.append((chosen, CLASS_OUTPUT))
+        named.append((chosen, CLASS_OUTPUT, TensorProto.INT64, [batch]))
     renames = [helper.make_node("Identity", [source], [name], name=f"explain/output_{i}")
-               for i, (source, name) in enumerate(named)]
+               for i, (source, name, _, _) in enumerate(named)]
 
     outputs = [tensor_info(layer.tensor, view.elem_type(layer.tensor), view.shape(layer.tensor))
                for layer in layers if layer.tensor not in view.output_names]
-    outputs += [tensor_info(name, TensorProto.INT64 if name == CLASS_OUTPUT else elem_type, None)
-                for _, name in named]
-    clashes = {name for _, name in named} & (view.all_tensor_names() | set(view.output_names))
+    outputs += [tensor_info(name, kind, shape) for _, name, kind, shape in named]
+    clashes = {name for _, name, _, _ in named} & (view.all_tensor_names() | set(view.output_names))
     if clashes:
         raise ValueError(f"the model already has tensors named {sorted(clashes)}, which the explainer adds")
     model = extend_model(view.model, e.nodes[:seed_nodes] + grads.nodes + e.nodes[seed_nodes:] + renames,

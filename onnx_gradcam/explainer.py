@@ -88,10 +88,11 @@ class Explainer:
         onnx.save(self.explainer_model(target).model, path)
 
     def _layers_after(self, node: onnx.NodeProto) -> list[str]:
+        """Candidate layers computed by ``node`` or after it, nearest first (for the no-rule error)."""
         position = self.view.position[node.name]
-        return [layer.display_name for layer in reversed(self._candidates)
-                if layer.tensor in self.view.producer and self.view.position[self.view.producer[layer.tensor].name]
-                > position]
+        producers = self.view.producer
+        return [layer.display_name for layer in self._candidates
+                if layer.tensor in producers and self.view.position[producers[layer.tensor].name] >= position]
 
     def _session(self, target: str):
         if target not in self._sessions:

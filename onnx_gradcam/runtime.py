@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import sys
 from typing import Sequence, Union
 
 import onnxruntime as ort
@@ -14,7 +16,8 @@ Providers = Union[str, Sequence[str]]
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-_QUIET = 3  # ONNX Runtime's logging severity for "errors only as exceptions"
+_QUIET = 3  # ONNX Runtime's logging severity for "errors only"
+_SILENT = 4  # fatal only: the CUDA probe's expected failures are not the user's errors
 
 
 def resolve_providers(providers: Providers = "auto") -> list[str]:
@@ -37,7 +40,11 @@ def _auto_providers() -> list[str]:
 
 def _cuda_works() -> bool:
     """Create a one-node CUDA session with logging silenced: a GPU build on a machine without a GPU falls
-    back to the CPU (and would log errors) rather than fail."""
+    back to the CPU (and would log errors) rather than fail. No driver library means no CUDA, asked first."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
     if hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()
@@ -48,16 +55,15 @@ def _cuda_works() -> bool:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     probe = set_ir_version(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     options = ort.SessionOptions()
-    options.log_severity_level = _QUIET
-    previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else 2
-    ort.set_default_logger_severity(_QUIET)
+    options.log_severity_level = _SILENT
+    ort.set_default_logger_severity(_SILENT)
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CUDA])
         return session.get_providers()[0] == CUDA
     except Exception:  # noqa: BLE001
         return False
     finally:
-        ort.set_default_logger_severity(previous)
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
 
 
 def make_session(model: Union[ModelProto, bytes], providers: Providers = "auto") -> ort.InferenceSession:

@@ -21,15 +21,15 @@ pytestmark = pytest.mark.slow
 
 # arch: (module whose output the default layer is, a layer inside a block or at a merge)
 ARCHS = {
-    "resnet18": ("layer4", "layer3.0.bn2"),
-    "resnet50": ("layer4", "layer3.1.bn2"),
-    "resnext50_32x4d": ("layer4", "layer3.1.bn2"),
-    "wide_resnet50_2": ("layer4", "layer2.1.bn3"),
+    "resnet18": ("layer4", "layer3.0.conv2"),
+    "resnet50": ("layer4", "layer3.1.conv2"),
+    "resnext50_32x4d": ("layer4", "layer3.1.conv2"),
+    "wide_resnet50_2": ("layer4", "layer2.1.conv2"),
     "vgg16_bn": ("avgpool", "features.32"),
     "densenet121": ("features", "features.denseblock3"),   # default layer: relu(features), see _torch_side
     "mobilenet_v2": ("features", "features.10.conv"),
-    "mobilenet_v3_large": ("features", "features.12.block"),
-    "efficientnet_b0": ("features", "features.5.1.block"),
+    "mobilenet_v3_large": ("features", "features.12.block.0"),
+    "efficientnet_b0": ("features", "features.5.1.block.1"),
     "googlenet": ("inception5b", "inception4c"),
     "squeezenet1_1": ("classifier.2", "features.12"),
     "shufflenet_v2_x1_0": ("conv5", "stage3.2.branch2"),
@@ -37,7 +37,8 @@ ARCHS = {
     "regnet_y_400mf": ("trunk_output", "trunk_output.block3.block3-1.f"),
     "convnext_tiny": ("features", "features.5.3.block"),
 }
-# densenet121 applies F.relu after `features`: its last rank-4 tensor (the default layer) is that ReLU's output.
+# Inner layers are outputs no later in-place op overwrites (`out += identity` would change what a hook
+# captured in torch). densenet121 applies F.relu after `features`: its last rank-4 tensor (the default layer) is that ReLU's output.
 RELU_AFTER = {"densenet121"}
 CLASSES = [3, 817]
 REL_TOL = 1e-4

@@ -21,7 +21,7 @@ def _gemm(g: GradContext, s: Step):
         grads[1] = (g.op("Gemm", dy, a, alpha=alpha, transA=1, transB=trans_a) if trans_b
                     else g.op("Gemm", a, dy, alpha=alpha, transA=1 - trans_a))
     if len(s.x) > 2 and s.wants[2]:
-        scaled = dy if beta == 1.0 else g.op("Mul", dy, g.scalar(beta, dy))
+        scaled = dy if beta == 1.0 else g.op("Mul", dy, g.scalar(beta, s.y[0]))
         grads[2] = g.unbroadcast(scaled, s.x[2], s.y[0])
     return grads
 

@@ -8,7 +8,7 @@ from onnx import helper
 
 from ..context import GradContext, Step
 from ..registry import rule
-from .conv import transposed_window_grad, window_attrs
+from .conv import spatial_shape, transposed_window_grad, window_attrs
 
 
 def scatter_add_flat(g: GradContext, like: str, flat_indices: str, values: str) -> str:
@@ -34,10 +34,10 @@ def _max_pool(g: GradContext, s: Step):
 def _global_max_pool(g: GradContext, s: Step):
     # One winner per channel (the first, as torch's adaptive max pool), not every tied element.
     x = s.x[0]
-    flat = g.op("Reshape", x, g.ints([0, 0, -1]))
-    winner = g.op("ArgMax", flat, axis=2, keepdims=1)
-    routed = g.op("ScatterElements", g.zeros_like(flat), winner, g.op("Reshape", s.dy[0], g.ints([0, 0, 1])),
-                  axis=2)
+    flat_shape = g.ints([0, 0, -1])
+    winner = g.op("ArgMax", g.op("Reshape", x, flat_shape), axis=2, keepdims=1)
+    routed = g.op("ScatterElements", g.op("Reshape", g.zeros_like(x), flat_shape), winner,
+                  g.op("Reshape", s.dy[0], g.ints([0, 0, 1])), axis=2)
     return [g.reshape_like(routed, x)]
 
 
@@ -48,13 +48,23 @@ def _global_average_pool(g: GradContext, s: Step):
     return [g.op("Div", g.op("Expand", s.dy[0], g.op("Shape", x)), count)]
 
 
+def pooled_size(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int, ceil_mode: int) -> int:
+    """A pool's output size as the ONNX spec gives it (and ONNX Runtime and torch compute it): in ceil mode,
+    a last window that would start in the end pad is dropped. onnx's shape inference keeps it."""
+    span = size + begin + end - (kernel - 1) * dilation - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    return out - 1 if ceil_mode and (out - 1) * stride >= size + begin else out
+
+
 @rule("AveragePool")
 def _average_pool(g: GradContext, s: Step):
-    x, y = s.x[0], s.y[0]
+    x = s.x[0]
     kernel = list(s.attr("kernel_shape"))
     rank = len(kernel)
     strides, dilations, pads = window_attrs(g, s, kernel)
-    in_spatial, out_spatial = g.static_shape(x)[2:], g.static_shape(y)[2:]
+    in_spatial = spatial_shape(g, s, x)
+    out_spatial = [pooled_size(*args, s.attr("ceil_mode", 0))
+                   for args in zip(in_spatial, kernel, strides, dilations, pads[:rank], pads[rank:])]
     # ceil_mode adds windows past the end pad; extend the end pads so a plain window sum sees them too.
     for i in range(rank):
         reached = strides[i] * (out_spatial[i] - 1) + (kernel[i] - 1) * dilations[i] + 1
@@ -64,7 +74,8 @@ def _average_pool(g: GradContext, s: Step):
     ones_kernel = g.const(np.ones([1, 1, *kernel], dtype), hint="ones_kernel")
     attrs = {a.name: helper.get_attribute_value(a) for a in s.node.attribute}
     # 1/divisor of each window, whatever rule the runtime uses: its average of ones over the count of ones.
-    averaged_ones = g.op("AveragePool", ones_input, **attrs)
+    # (The Reshape restates the size: onnx's shape inference keeps ceil-mode windows that start in the end pad.)
+    averaged_ones = g.op("Reshape", g.op("AveragePool", ones_input, **attrs), g.ints([1, 1, *out_spatial]))
     counted_ones = g.op("Conv", ones_input, ones_kernel, strides=strides, dilations=dilations, pads=pads)
     scaled = g.op("Mul", s.dy[0], g.op("Div", averaged_ones, counted_ones))
     per_channel = g.op("Reshape", scaled, g.ints([-1, 1, *out_spatial]))

@@ -1,0 +1,42 @@
+"""Pictures of maps: colormaps and overlays with pillow and numpy only (no OpenCV)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# Control points (position, r, g, b) of the colormaps, interpolated linearly.
+_COLORMAPS = {
+    "jet": [(0.0, 0, 0, 0.5), (0.11, 0, 0, 1), (0.125, 0, 0, 1), (0.34, 0, 1, 1), (0.65, 1, 1, 0),
+            (0.89, 1, 0, 0), (1.0, 0.5, 0, 0)],
+    "viridis": [(0.0, 0.267, 0.005, 0.329), (0.25, 0.229, 0.322, 0.546), (0.5, 0.128, 0.567, 0.551),
+                (0.75, 0.369, 0.789, 0.383), (1.0, 0.993, 0.906, 0.144)],
+    "turbo": [(0.0, 0.190, 0.072, 0.232), (0.125, 0.255, 0.431, 0.909), (0.25, 0.157, 0.736, 0.923),
+              (0.375, 0.101, 0.930, 0.653), (0.5, 0.545, 0.993, 0.254), (0.625, 0.894, 0.858, 0.184),
+              (0.75, 0.995, 0.593, 0.156), (0.875, 0.873, 0.270, 0.034), (1.0, 0.480, 0.016, 0.011)],
+}
+
+
+def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours."""
+    if colormap not in _COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; known: {', '.join(sorted(_COLORMAPS))}")
+    points = np.array(_COLORMAPS[colormap], dtype=np.float64)
+    values = np.clip(np.asarray(cam, dtype=np.float64), 0.0, 1.0)
+    channels = [np.interp(values, points[:, 0], points[:, c]) for c in (1, 2, 3)]
+    return np.round(np.stack(channels, axis=-1) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+    """Blend the coloured ``cam`` over ``image`` ((H, W, 3) uint8, or floats in [0, 1]); ``alpha`` is the
+    map's opacity. The map is resized to the image if their sizes differ."""
+    picture = np.asarray(image)
+    if picture.dtype != np.uint8:
+        picture = np.round(np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8)
+    if picture.ndim == 2:
+        picture = np.repeat(picture[..., None], 3, axis=-1)
+    colors = colorize(cam, colormap)
+    if colors.shape[:2] != picture.shape[:2]:
+        colors = np.asarray(Image.fromarray(colors).resize(picture.shape[1::-1], Image.BILINEAR))
+    blended = (1 - alpha) * picture.astype(np.float64) + alpha * colors.astype(np.float64)
+    return Image.fromarray(np.round(blended).astype(np.uint8))
