@@ -108,3 +108,15 @@ def model_text(body: str, inputs: str, outputs: str, opset: int = 20, initialize
     init = f"<{initializers}>" if initializers else ""
     return (f'<ir_version: 10, opset_import: ["" : {opset}]>\n'
             f"g ({inputs}) => ({outputs}) {init}\n{{\n{body}\n}}")
+
+
+def attr_text(attrs: dict) -> str:
+    """Node attributes as ONNX text: ``{"strides": [2, 2], "mode": "x"}`` -> ``<strides=[2,2], mode="x">``."""
+    def value(v):
+        return f'"{v}"' if isinstance(v, str) else str(v).replace(" ", "")
+    return "<" + ", ".join(f"{k}={value(v)}" for k, v in attrs.items()) + ">" if attrs else ""
+
+
+def shape_text(shape) -> str:
+    """A shape as ONNX text: ``[2, "N", 3]`` -> ``[2,N,3]``; a rank-0 shape is written as nothing."""
+    return "[" + ",".join(map(str, shape)) + "]" if len(shape) else ""

@@ -6,28 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adjoint import check_adjoint, model_text, parse
+from adjoint import attr_text, check_adjoint, model_text, parse, shape_text
 from onnx_gradcam.autodiff import gradient_model
-
-
-def attr_text(attrs: dict) -> str:
-    """``{"strides": [2, 2], "auto_pad": "VALID"}`` as ONNX text: ``<strides=[2,2], auto_pad="VALID">``."""
-    def value(v):
-        return f'"{v}"' if isinstance(v, str) else str(v).replace(" ", "")
-    return "<" + ", ".join(f"{k}={value(v)}" for k, v in attrs.items()) + ">" if attrs else ""
 
 
 def conv_text(op, x_shape, w_shape, attrs, bias=None, batch=None):
     """One Conv/ConvTranspose node; ``batch`` names a symbolic batch dim."""
-    def dims(shape):
-        return "[" + ",".join(map(str, shape)) + "]"
-    inputs = f"float{dims(([batch] if batch else x_shape[:1]) + x_shape[1:])} x, float{dims(w_shape)} w"
+    inputs = f"float{shape_text(([batch] if batch else x_shape[:1]) + x_shape[1:])} x, float{shape_text(w_shape)} w"
     args = "x, w"
     if bias is not None:
         inputs += f", float[{bias}] b"
         args += ", b"
-    y = "float[" + ",".join("?" * len(x_shape)) + "] y"
-    return model_text(f"y = {op}{attr_text(attrs)}({args})", inputs, y)
+    return model_text(f"y = {op}{attr_text(attrs)}({args})", inputs, f"float{shape_text('?' * len(x_shape))} y")
 
 
 def torch_pad(x, pads, value=0.0):
@@ -73,7 +63,8 @@ CONV_CASES = {
     "2d_depthwise_multiplier": ([1, 3, 6, 6], [6, 1, 3, 3], {"group": 3, "dilations": [1, 2]}),
     # Size 8, kernel 3, stride 2: the last row and column are in no window, their gradient is zero.
     "2d_trailing_rows": ([1, 2, 8, 8], [3, 2, 3, 3], {"strides": [2, 2]}),
-    "2d_trailing_dilated": ([1, 2, 10, 9], [3, 2, 3, 2], {"strides": [3, 2], "dilations": [2, 2], "pads": [0, 1, 0, 0]}),
+    "2d_trailing_dilated": ([1, 2, 10, 9], [3, 2, 3, 2], {"strides": [3, 2], "dilations": [2, 2],
+                                                          "pads": [0, 1, 0, 0]}),
     "2d_valid": ([1, 2, 8, 7], [3, 2, 3, 3], {"auto_pad": "VALID", "strides": [2, 2]}),
     "3d": ([1, 2, 5, 4, 6], [3, 2, 3, 2, 3], {"strides": [1, 2, 2], "pads": [1, 0, 1, 0, 1, 1]}),
     "3d_groups_dilations": ([1, 4, 5, 5, 5], [4, 2, 2, 2, 2], {"group": 2, "dilations": [2, 1, 2]}),
@@ -106,8 +97,8 @@ def test_conv_same(case, auto_pad):
     check_adjoint(conv_text("Conv", x_shape, w_shape, attrs), ["x"], oracle=torch_conv_oracle(attrs))
 
 
-@pytest.mark.parametrize("attrs", [{"pads": [1, 0, 2, 1], "strides": [2, 2]}, {"auto_pad": "SAME_LOWER", "strides": [2, 2]}],
-                         ids=["pads", "same_lower"])
+@pytest.mark.parametrize("attrs", [{"pads": [1, 0, 2, 1], "strides": [2, 2]},
+                                   {"auto_pad": "SAME_LOWER", "strides": [2, 2]}], ids=["pads", "same_lower"])
 def test_conv_symbolic_batch(attrs):
     text = conv_text("Conv", [3, 2, 8, 7], [4, 2, 3, 3], attrs, batch="N")
     x = np.random.default_rng(6).standard_normal((3, 2, 8, 7)).astype(np.float32)
@@ -139,7 +130,8 @@ CONV_TRANSPOSE_CASES = {
     "2d_plain": ([1, 3, 4, 5], [3, 2, 3, 3], {}),
     "2d_strides_asym_pads": ([2, 3, 4, 4], [3, 2, 3, 2], {"strides": [2, 3], "pads": [0, 1, 2, 1]}),
     # output_padding below and above the end pad
-    "2d_output_padding": ([1, 2, 4, 3], [2, 3, 3, 3], {"strides": [2, 3], "pads": [1, 0, 0, 2], "output_padding": [1, 2]}),
+    "2d_output_padding": ([1, 2, 4, 3], [2, 3, 3, 3], {"strides": [2, 3], "pads": [1, 0, 0, 2],
+                                                       "output_padding": [1, 2]}),
     "2d_dilations": ([1, 2, 4, 5], [2, 2, 3, 2], {"dilations": [2, 3], "pads": [1, 2, 2, 0]}),
     "2d_dilations_output_padding": ([1, 2, 3, 3], [2, 2, 2, 2], {"strides": [2, 2], "dilations": [3, 1],
                                                                  "output_padding": [1, 1]}),
