@@ -83,7 +83,7 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
         layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
         named += [(raw, raw_output(layer), elem_type, [batch, *layer_hw]),
                   (grads.names[layer.tensor], gradient_output(layer), elem_type, list(layer.shape))]
-        finals.append(normalize(e, upsample(e, raw, image, image_layout)))
+        finals.append(upsample(e, normalize(e, raw), image, image_layout))
     named.append((combine(e, finals), CAM_OUTPUT, elem_type, [batch, *image_hw]))
     if chosen is not None:
         named.append((chosen, CLASS_OUTPUT, TensorProto.INT64, [batch]))

@@ -1,7 +1,9 @@
 """In-graph post-processing of maps: upsampling to the image and per-image min-max normalisation.
 
-It follows pytorch-grad-cam's convention (ReLU, bilinear resize, mean over layers, min-max with a 1e-7
-guard), so maps compare one to one.
+It follows pytorch-grad-cam's convention, so maps compare one to one: per layer, min-max (with a 1e-7
+guard) at the layer's resolution, bilinear resize; then the mean over layers, min-max again. Normalising
+before the resize keeps maps of tiny magnitude (random weights, saturated outputs) from vanishing
+under the guard.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def normalize(e: Emitter, maps: str) -> str:
 
 
 def combine(e: Emitter, per_layer: Sequence[str]) -> str:
-    """Several layers' normalised maps into one: their mean, normalised again."""
+    """Several layers' upsampled maps into one: their mean, normalised again."""
     if len(per_layer) == 1:
-        return per_layer[0]
+        return normalize(e, per_layer[0])
     stacked = e.op("Concat", *[e.op("Unsqueeze", m, e.ints([0])) for m in per_layer], axis=0)
     return normalize(e, e.op("ReduceMean", stacked, e.ints([0]), keepdims=0))

@@ -106,12 +106,14 @@ def test_top_class_is_the_argmax_and_maps_are_normalised(net, images, model_path
     assert result.cams.shape == (3, 32, 32) and result.cams.dtype == np.float32
     (raw,) = result.raw.values()
     assert raw.shape == (3, 16, 16) and raw.min() >= 0
-    # cams = min-max of the bilinear (half-pixel) upsampled raw map, with pytorch-grad-cam's 1e-7 guard
-    up = torch.nn.functional.interpolate(torch.from_numpy(raw)[:, None], size=(32, 32), mode="bilinear",
+    # pytorch-grad-cam's convention: min-max (1e-7 guard), bilinear half-pixel resize, min-max again
+    def minmax(m):
+        low = m.min(axis=(1, 2), keepdims=True)
+        return (m - low) / ((m - low).max(axis=(1, 2), keepdims=True) + 1e-7)
+
+    up = torch.nn.functional.interpolate(torch.from_numpy(minmax(raw))[:, None], size=(32, 32), mode="bilinear",
                                          align_corners=False)[:, 0].numpy()
-    low = up.min(axis=(1, 2), keepdims=True)
-    expected = (up - low) / ((up - low).max(axis=(1, 2), keepdims=True) + 1e-7)
-    np.testing.assert_allclose(result.cams, expected, atol=1e-5)
+    np.testing.assert_allclose(result.cams, minmax(up), atol=1e-5)
 
 
 def test_one_class_for_all_images_and_wrong_count(model_path, images):

@@ -76,7 +76,7 @@ def _torch_module_scopes(node) -> list[str]:
 
 
 def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[Layer]:
-    """Float rank-4 tensors with spatial extent > 1 that lie on a path to ``output``, in graph order."""
+    """Float rank-4 tensors with spatial extent (H > 1 and W > 1) on a path to ``output``, in graph order."""
     needed = view.ancestors([output])
     names = framework_names(view, metadata)
     layouts = {info.tensor: info.layout for info in metadata.layers.values()}
@@ -103,8 +103,8 @@ def make_layer(view: GraphView, tensor: str, names: dict[str, list[str]], layout
 
 
 def _has_spatial_extent(layer: Layer) -> bool:
-    h, w = (layer.shape[a] for a in layer.spatial_axes)
-    return not (isinstance(h, int) and isinstance(w, int) and h * w <= 1)
+    """Both spatial dims exceed 1 (or are unknown): a (N, 1, 1, C) tensor after pooling is no map."""
+    return all(not isinstance(layer.shape[a], int) or layer.shape[a] > 1 for a in layer.spatial_axes)
 
 
 def default_layer(candidates: Sequence[Layer], output: str) -> Layer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ...graph.windows import pooled_size
 from ..context import GradContext, Step
 from ..registry import rule
 from .conv import spatial_shape, transposed_window_grad, window_attrs
@@ -46,14 +47,6 @@ def _global_average_pool(g: GradContext, s: Step):
     x = s.x[0]
     count = g.op("Cast", g.op("Div", g.op("Size", x), g.op("Size", s.y[0])), to=g.view.elem_type(x))
     return [g.op("Div", g.op("Expand", s.dy[0], g.op("Shape", x)), count)]
-
-
-def pooled_size(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int, ceil_mode: int) -> int:
-    """A pool's output size as the ONNX spec gives it (and ONNX Runtime and torch compute it): in ceil mode,
-    a last window that would start in the end pad is dropped. onnx's shape inference keeps it."""
-    span = size + begin + end - (kernel - 1) * dilation - 1
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    return out - 1 if ceil_mode and (out - 1) * stride >= size + begin else out
 
 
 @rule("AveragePool")
