@@ -2,9 +2,11 @@
 
 The same ResNet-50 (random weights) and batch, timed as: plain ONNX Runtime inference; this project's
 Grad-CAM at the default layer and at ``layer3``; pytorch-grad-cam's ``GradCAM`` (and plain torch inference
-for reference). Runs are interleaved round-robin so machine noise hits every row alike; the table gives
-medians and ratios to ONNX Runtime inference. Peak memory is measured per row in a fresh subprocess
-(peak RSS minus the RSS before the session or model was made).
+for reference). Runs are interleaved round-robin so machine noise hits every row alike, and no runtime
+spins its threads between calls (ONNX Runtime's allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch) so one
+row's idle threads do not slow the next. The table gives medians and ratios to ONNX Runtime inference.
+Peak memory is measured per row in a fresh subprocess: the peak RSS (VmHWM, reset after set-up) minus
+the RSS once the libraries are imported and the inputs made.
 
     python benchmarks/bench_gradcam.py [--batch 8] [--repeats 10]
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,23 +41,36 @@ def _export(path: str, batch: int) -> None:
     export(model, images, path)
 
 
-def _runner(row: str, path: str, batch: int):
-    """A zero-argument callable doing one batch of ``row``'s work (setup and warm-up excluded)."""
-    model, images = _model_and_images(batch)
-    array = images.numpy()
-    if row == "ort-inference":
-        from onnx_gradcam.runtime import make_session
+def _session_options():
+    import onnxruntime as ort
 
-        session = make_session(open(path, "rb").read(), "CPUExecutionProvider")
-        name = session.get_inputs()[0].name
-        return lambda: session.run(None, {name: array})
-    if row.startswith("gradcam-"):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _runner(row: str, path: str, batch: int, model=None, images=None):
+    """A zero-argument callable doing one batch of ``row``'s work (set-up excluded)."""
+    if row.startswith(("ort-", "gradcam-")):
+        import numpy as np
+
+        array = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        if row == "ort-inference":
+            from onnx_gradcam.runtime import make_session
+
+            session = make_session(path, "CPUExecutionProvider", _session_options())
+            name = session.get_inputs()[0].name
+            return lambda: session.run(None, {name: array})
         from onnx_gradcam import Explainer
 
         explainer = Explainer(path, layer="auto" if row == "gradcam-default" else "layer3",
-                              providers="CPUExecutionProvider")
+                              providers="CPUExecutionProvider", session_options=_session_options())
         return lambda: explainer(array)
     import torch
+
+    if model is None:
+        model, images = _model_and_images(batch)
 
     if row == "torch-inference":
         def infer():
@@ -69,29 +83,36 @@ def _runner(row: str, path: str, batch: int):
     return lambda: peer(input_tensor=images, targets=None)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure_memory(row: str, path: str, batch: int) -> None:
     """Subprocess body: print the peak RSS growth caused by building and running ``row``."""
-    import numpy  # noqa: F401  (imports count as baseline, not as the row's memory)
-    import onnxruntime  # noqa: F401
-    import torch  # noqa: F401
+    if row.startswith(("ort-", "gradcam-")):
+        import onnxruntime  # noqa: F401  (imports are baseline, not the row's memory)
 
-    before = _rss_mb()
-    run = _runner(row, path, batch)
+        import onnx_gradcam  # noqa: F401
+        model = images = None
+    else:
+        model, images = _model_and_images(batch)  # the torch model's weights are baseline too
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    before = _status_mb("VmRSS")
+    run = _runner(row, path, batch, model, images)
     for _ in range(3):
         run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"row": row, "peak_mb": peak - before}))
+    print(json.dumps({"row": row, "peak_mb": _status_mb("VmHWM") - before}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,5 +154,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

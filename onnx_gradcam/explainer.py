@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 
 from . import metadata as metadata_schema
+from .graph import weights
 from .build import ExplainerModel, build_explainer_model
 from .graph.layers import Layer, candidate_layers, resolve_layer
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
 from .methods import gradient_method
-from .runtime import Providers, make_session, resolve_providers
+from .runtime import Providers, default_options, make_session, resolve_providers
 from .targets import TOP_CLASS
 
 Images = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -56,11 +57,16 @@ class Explainer:
         method: the CAM method (``"gradcam"``).
         output: which model output to explain (name or index); the first by default.
         providers: ``"auto"`` (CUDA when it works here, else the CPU) or ONNX Runtime provider names.
+        session_options: ``onnxruntime.SessionOptions`` for the explainer's sessions (threads, spinning, ...).
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
-                 output: Union[str, int, None] = None, providers: Providers = "auto"):
-        self.view = GraphView(normalize(load_model(model)))
+                 output: Union[str, int, None] = None, providers: Providers = "auto",
+                 session_options=None):
+        source = load_model(model)
+        weights.constants_to_initializers(source)
+        self._weights = weights.detach(source)
+        self.view = GraphView(normalize(source), self._weights)
         self.metadata = metadata_schema.read(self.view.model)
         self.output = _resolve_output(self.view, output)
         candidates = candidate_layers(self.view, self.output, self.metadata)
@@ -71,6 +77,10 @@ class Explainer:
         self.method = method
         self.image_input, self.image_layout = _image_input(self.view, self.metadata)
         self.providers = resolve_providers(providers)
+        # The detached weights reach ONNX Runtime as arrays, once per options object (sessions share it).
+        self.session_options = session_options or default_options()
+        self._ort_weights = weights.ort_values(self._weights, self._weights)
+        self.session_options.add_external_initializers(*self._ort_weights)
         self._built: dict[str, ExplainerModel] = {}
         self._sessions: dict[str, object] = {}
 
@@ -84,8 +94,11 @@ class Explainer:
         return self._built[target]
 
     def save(self, path: str, target: str = "class") -> None:
-        """Write the explainer model: it runs in any ONNX Runtime, without this package."""
-        onnx.save(self.explainer_model(target).model, path)
+        """Write the explainer model, weights included: it runs in any ONNX Runtime, without this package."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.explainer_model(target).model)
+        weights.attach(model, self._weights)
+        onnx.save(model, path, save_as_external_data=model.ByteSize() > 2**31 - 2**26)
 
     def _layers_after(self, node: onnx.NodeProto) -> list[str]:
         """Candidate layers computed by ``node`` or after it, nearest first (for the no-rule error)."""
@@ -96,7 +109,8 @@ class Explainer:
 
     def _session(self, target: str):
         if target not in self._sessions:
-            self._sessions[target] = make_session(self.explainer_model(target).model, self.providers)
+            self._sessions[target] = make_session(self.explainer_model(target).model, self.providers,
+                                                  self.session_options)
         return self._sessions[target]
 
     # --- running -----------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper
@@ -66,10 +66,17 @@ def _cuda_works() -> bool:
         ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
 
 
-def make_session(model: Union[ModelProto, bytes], providers: Providers = "auto") -> ort.InferenceSession:
-    """An inference session over ``model`` with the resolved providers and full graph optimisation."""
+def default_options() -> ort.SessionOptions:
+    """Full graph optimisation, errors-only logging."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = _QUIET
+    return options
+
+
+def make_session(model: Union[ModelProto, bytes, str], providers: Providers = "auto",
+                 options: Optional[ort.SessionOptions] = None) -> ort.InferenceSession:
+    """An inference session over ``model`` (a proto, serialized bytes or a path) with the resolved providers
+    (``options`` default to :func:`default_options`)."""
     payload = model.SerializeToString() if isinstance(model, ModelProto) else model
-    return ort.InferenceSession(payload, options, providers=resolve_providers(providers))
+    return ort.InferenceSession(payload, options or default_options(), providers=resolve_providers(providers))

@@ -18,10 +18,14 @@ FLOAT_TYPES = frozenset(
 
 
 class GraphView:
-    """Index over ``model.graph``. Built once per normalized model; it never changes the model."""
+    """Index over ``model.graph``. Built once per normalized model; it never changes the model.
 
-    def __init__(self, model: ModelProto):
+    ``weights`` holds the data of initializers detached from the model (see :mod:`.weights`).
+    """
+
+    def __init__(self, model: ModelProto, weights: Optional[dict[str, np.ndarray]] = None):
         self.model = model
+        self.weights = weights or {}
         self.graph = model.graph
         self.nodes: list[NodeProto] = list(model.graph.node)
         self.producer: dict[str, NodeProto] = {}
@@ -104,6 +108,8 @@ class GraphView:
     # --- values ------------------------------------------------------------------------------------------
     def constant(self, name: str) -> Optional[np.ndarray]:
         """The value of an initializer or ``Constant`` output, else ``None``."""
+        if name in self.weights:
+            return self.weights[name]
         tensor = self._constants.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
 
