@@ -65,7 +65,7 @@ def _runner(row: str, path: str, batch: int, model=None, images=None):
         from onnx_gradcam import Explainer
 
         explainer = Explainer(path, layer="auto" if row == "gradcam-default" else "layer3",
-                              providers="CPUExecutionProvider", session_options=_session_options())
+                              providers="CPUExecutionProvider", session_options=_session_options)
         return lambda: explainer(array)
     import torch
 

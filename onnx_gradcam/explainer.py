@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -57,16 +57,16 @@ class Explainer:
         method: the CAM method (``"gradcam"``).
         output: which model output to explain (name or index); the first by default.
         providers: ``"auto"`` (CUDA when it works here, else the CPU) or ONNX Runtime provider names.
-        session_options: ``onnxruntime.SessionOptions`` for the explainer's sessions (threads, spinning, ...).
+        session_options: a function returning fresh ``onnxruntime.SessionOptions`` (threads, spinning, ...),
+            called once per session: each session's options carry that session's weights.
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
-                 session_options=None):
-        source = load_model(model)
-        weights.constants_to_initializers(source)
-        self._weights = weights.detach(source)
-        self.view = GraphView(normalize(source), self._weights)
+                 session_options: Optional[Callable[[], object]] = None):
+        self._source = model
+        light, self._weights = _load_light(model)
+        self.view = GraphView(normalize(light))
         self.metadata = metadata_schema.read(self.view.model)
         self.output = _resolve_output(self.view, output)
         candidates = candidate_layers(self.view, self.output, self.metadata)
@@ -77,10 +77,10 @@ class Explainer:
         self.method = method
         self.image_input, self.image_layout = _image_input(self.view, self.metadata)
         self.providers = resolve_providers(providers)
-        # The detached weights reach ONNX Runtime as arrays, once per options object (sessions share it).
-        self.session_options = session_options or default_options()
-        self._ort_weights = weights.ort_values(self._weights, self._weights)
-        self.session_options.add_external_initializers(*self._ort_weights)
+        if session_options is not None and not callable(session_options):
+            raise TypeError("session_options takes a function returning onnxruntime.SessionOptions (each "
+                            "session needs options of its own), e.g. session_options=lambda: my_options()")
+        self._new_options = session_options or default_options
         self._built: dict[str, ExplainerModel] = {}
         self._sessions: dict[str, object] = {}
 
@@ -97,7 +97,7 @@ class Explainer:
         """Write the explainer model, weights included: it runs in any ONNX Runtime, without this package."""
         model = onnx.ModelProto()
         model.CopyFrom(self.explainer_model(target).model)
-        weights.attach(model, self._weights)
+        weights.attach(model, self._take_weights())
         onnx.save(model, path, save_as_external_data=model.ByteSize() > 2**31 - 2**26)
 
     def _layers_after(self, node: onnx.NodeProto) -> list[str]:
@@ -109,9 +109,20 @@ class Explainer:
 
     def _session(self, target: str):
         if target not in self._sessions:
-            self._sessions[target] = make_session(self.explainer_model(target).model, self.providers,
-                                                  self.session_options)
+            model = self.explainer_model(target).model
+            # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;
+            # the arrays must live until then.
+            names, values = weights.ort_values(self._take_weights(), weights.placeholders(model))
+            options = self._new_options()
+            options.add_external_initializers(names, values)
+            self._sessions[target] = make_session(model, self.providers, options)
         return self._sessions[target]
+
+    def _take_weights(self) -> dict:
+        """The detached weights, handed over once: later needs reload them from the source, so no second
+        copy of the weights lives beside ONNX Runtime's."""
+        taken, self._weights = self._weights, None
+        return taken if taken is not None else _load_light(self._source)[1]
 
     # --- running -----------------------------------------------------------------------------------------------
     def __call__(self, images: Images, targets: Targets = None) -> Explanation:
@@ -171,6 +182,13 @@ class Explainer:
                 raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one "
                                  "class for all")
         return "class", classes
+
+
+def _load_light(model: ModelLike) -> tuple[onnx.ModelProto, dict]:
+    """A private copy of ``model`` whose large weights are detached into arrays."""
+    light = load_model(model)
+    weights.constants_to_initializers(light)
+    return light, weights.detach(light)
 
 
 def _resolve_output(view: GraphView, output: Union[str, int, None]) -> str:

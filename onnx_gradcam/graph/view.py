@@ -18,14 +18,10 @@ FLOAT_TYPES = frozenset(
 
 
 class GraphView:
-    """Index over ``model.graph``. Built once per normalized model; it never changes the model.
+    """Index over ``model.graph``. Built once per normalized model; it never changes the model."""
 
-    ``weights`` holds the data of initializers detached from the model (see :mod:`.weights`).
-    """
-
-    def __init__(self, model: ModelProto, weights: Optional[dict[str, np.ndarray]] = None):
+    def __init__(self, model: ModelProto):
         self.model = model
-        self.weights = weights or {}
         self.graph = model.graph
         self.nodes: list[NodeProto] = list(model.graph.node)
         self.producer: dict[str, NodeProto] = {}
@@ -107,11 +103,12 @@ class GraphView:
 
     # --- values ------------------------------------------------------------------------------------------
     def constant(self, name: str) -> Optional[np.ndarray]:
-        """The value of an initializer or ``Constant`` output, else ``None``."""
-        if name in self.weights:
-            return self.weights[name]
+        """The value of an initializer or ``Constant`` output, else ``None`` (also for data held elsewhere:
+        large weights, which no rule reads)."""
         tensor = self._constants.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+            return None
+        return numpy_helper.to_array(tensor)
 
     def is_constant(self, name: str) -> bool:
         return name in self._constants
