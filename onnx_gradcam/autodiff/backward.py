@@ -55,13 +55,15 @@ def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
     for node in reversed(view.nodes):
         if not any(name in differentiable and name in needed for name in node.output):
             continue
+        wants = [bool(name) and name in differentiable for name in node.input]
+        if not any(wants):  # e.g. the node producing a layer: nothing upstream needs a gradient
+            continue
         dy = [_total(ctx, pending, name) for name in node.output]
         if all(g is None for g in dy):
             continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             raise UnsupportedOperatorError(node, suggest(node) if suggest else [])
-        wants = [bool(name) and name in differentiable for name in node.input]
         dx = rule(ctx, Step(node, dy, wants))
         for name, grad, want in zip(node.input, dx, wants):
             if want and grad is not None:
