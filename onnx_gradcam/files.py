@@ -1,0 +1,119 @@
+"""Explaining image files: read and preprocess them, explain in batches, write overlays, maps and a summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .explainer import Explainer
+from .images import Preprocessing, display_rgb, load_picture
+from .pictures import overlay
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Outcome:
+    """One image's line in the summary."""
+
+    image: str
+    predicted_class: Optional[int] = None
+    score: Optional[float] = None
+    explained_class: Optional[int] = None
+    overlay: Optional[str] = None
+    map: Optional[str] = None
+    error: Optional[str] = None
+
+
+def find_images(paths: Iterable[str]) -> list[str]:
+    """Files as given, and the image files inside folders (sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(os.path.join(path, name) for name in os.listdir(path)
+                            if name.lower().endswith(IMAGE_SUFFIXES))
+        elif os.path.exists(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no image or folder at {path!r}")
+    return found
+
+
+def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) -> Preprocessing:
+    """The model's own preprocessing (metadata, input shape), with the user's ``overrides`` on top."""
+    shape = explainer.view.shape(explainer.image_input) or []
+    spatial = shape[2:4] if explainer.image_layout == "NCHW" else shape[1:3]
+    size = spatial if len(spatial) == 2 and all(isinstance(d, int) for d in spatial) else None
+    values = {**explainer.metadata.preprocessing, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return Preprocessing.from_metadata(values, explainer.image_layout, size)
+
+
+def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, targets: Optional[int] = None,
+                  preprocessing: Optional[Preprocessing] = None, batch_size: int = 16, alpha: float = 0.5,
+                  colormap: str = "jet", progress: bool = True) -> list[Outcome]:
+    """Explain every image file; unreadable ones are reported in the summary and skipped, never fatal."""
+    os.makedirs(out_dir, exist_ok=True)
+    preprocessing = preprocessing or preprocessing_for(explainer)
+    if preprocessing.size is None:
+        raise ValueError("the model's input size is not fixed: give the size to resize images to")
+    outcomes: list[Outcome] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        pictures, rows, kept = [], [], []
+        for path in chunk:
+            try:
+                picture = load_picture(path)
+            except ValueError as error:
+                outcomes.append(Outcome(image=path, error=str(error)))
+                continue
+            pictures.append(picture)
+            rows.append(preprocessing(picture))
+            kept.append(path)
+        if rows:
+            outcomes += _explain_batch(explainer, kept, pictures, np.stack(rows), out_dir, targets, preprocessing,
+                                       alpha, colormap)
+        if progress:
+            _progress(min(start + batch_size, len(images)), len(images))
+    _write_summary(outcomes, explainer, out_dir)
+    return outcomes
+
+
+def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preprocessing, alpha, colormap):
+    result = explainer(batch, targets)
+    scores = result.outputs[explainer.output]
+    outcomes = []
+    for index, (path, picture) in enumerate(zip(paths, pictures)):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        overlay_path = os.path.join(out_dir, f"{stem}_cam.png")
+        map_path = os.path.join(out_dir, f"{stem}_cam.npy")
+        overlay(display_rgb(picture, preprocessing.size), result.cams[index], alpha, colormap).save(overlay_path)
+        np.save(map_path, result.cams[index])
+        row = scores[index].reshape(-1) if scores.ndim == 2 else None
+        outcomes.append(Outcome(
+            image=path,
+            predicted_class=int(row.argmax()) if row is not None else None,
+            score=float(row.max()) if row is not None else None,
+            explained_class=int(result.classes[index]) if result.classes is not None else None,
+            overlay=overlay_path, map=map_path))
+    return outcomes
+
+
+def _write_summary(outcomes: list[Outcome], explainer: Explainer, out_dir: str) -> None:
+    summary = {"layers": [layer.display_name for layer in explainer.layers], "method": explainer.method,
+               "images": [{k: v for k, v in vars(o).items() if v is not None} for o in outcomes]}
+    with open(os.path.join(out_dir, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()

@@ -1,0 +1,81 @@
+"""The command line: layers, explain, convert (and convert --explain), errors as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnx_gradcam import Explainer
+from onnx_gradcam.cli import main
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(3):
+        pixels = (np.random.default_rng(i).random((40 + 10 * i, 50, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, images):
+    out = tmp_path_factory.mktemp("convert")
+    onnx_path = out / "net.onnx"
+    status = main(["convert", "examples.quickstart:build_model", "-o", str(onnx_path), "--input-size", "64", "64",
+                   "--layer", "0.9", "--explain", str(images), "--out", str(out / "explained")])
+    assert status == 0
+    return onnx_path, out / "explained"
+
+
+def test_convert_factory_keeps_the_layer_and_explains_the_folder(converted, images):
+    onnx_path, explained = converted
+    summary = json.loads((explained / "summary.json").read_text())
+    assert summary["layers"] == ["0.9"]  # the last --layer is the explained one
+    rows = {row["image"].split("/")[-1]: row for row in summary["images"]}
+    assert "error" in rows["broken.png"]  # reported and skipped, the rest explained
+    for i in range(3):
+        row = rows[f"{i}.png"]
+        cam = np.load(row["map"])
+        assert cam.shape == (64, 64) and 0.0 <= cam.min() and cam.max() <= 1.0
+        assert Image.open(row["overlay"]).size == (64, 64)
+        assert row["predicted_class"] == row["explained_class"]
+
+
+def test_explain_maps_equal_the_api(converted, images, tmp_path):
+    onnx_path, _ = converted
+    assert main(["explain", str(onnx_path), str(images / "0.png"), "--out", str(tmp_path), "--target", "1"]) == 0
+    picture = Image.open(images / "0.png").convert("RGB").resize((64, 64), Image.BILINEAR)
+    row = (np.asarray(picture, np.float32) / 255.0).transpose(2, 0, 1)[None]
+    expected = Explainer(str(onnx_path))(row, 1).cams[0]
+    np.testing.assert_allclose(np.load(tmp_path / "0_cam.npy"), expected, atol=1e-6)
+
+
+def test_layers_prints_a_table_with_framework_names(converted, capsys):
+    onnx_path, _ = converted
+    assert main(["layers", str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "framework name" in printed and "0.9" in printed and "default (layer='auto')" in printed
+
+
+def test_errors_are_one_line_and_a_nonzero_status(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "missing.onnx"), "x.png", "--out", str(tmp_path)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "missing.onnx" in message
+
+
+def test_unknown_torchvision_name_suggests_close_ones(tmp_path, capsys):
+    assert main(["convert", "resnet5O", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "resnet50" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "onnx_gradcam", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "convert" in done.stdout and "explain" in done.stdout and "layers" in done.stdout
