@@ -12,6 +12,7 @@ from . import metadata as metadata_schema
 from .graph import weights
 from .build import ExplainerModel, build_explainer_model
 from .graph.layers import Layer, candidate_layers, resolve_layer
+from .graph.layout import guess_input_layout
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
 from .methods import gradient_method
@@ -205,12 +206,9 @@ def _resolve_output(view: GraphView, output: Union[str, int, None]) -> str:
 
 
 def _image_input(view: GraphView, meta: metadata_schema.Metadata) -> tuple[str, str]:
-    """The first float rank-4 input, and its layout (from metadata, else guessed from where 1, 3 or 4 channels sit)."""
+    """The first float rank-4 input, and its layout (from metadata, else guessed from where channels sit)."""
     for name in view.input_names:
         shape = view.shape(name)
         if view.is_float(name) and shape is not None and len(shape) == 4:
-            if meta.input_layout:
-                return name, meta.input_layout
-            channels_last = shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4)
-            return name, "NHWC" if channels_last else "NCHW"
+            return name, meta.input_layout or guess_input_layout(shape)
     raise ValueError(f"the model has no image input of rank 4; its inputs are {view.input_names}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..metadata import Metadata
+from .layout import guess_input_layout, infer_layouts
 from .view import Dim, GraphView
 
 TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -76,19 +77,29 @@ def _torch_module_scopes(node) -> list[str]:
 
 
 def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[Layer]:
-    """Float rank-4 tensors with spatial extent (H > 1 and W > 1) on a path to ``output``, in graph order."""
+    """Float rank-4 tensors with spatial extent (H > 1 and W > 1) on a path to ``output``, in graph order,
+    laid out NCHW or NHWC (from our metadata, else followed from the image input through the graph)."""
     needed = view.ancestors([output])
     names = framework_names(view, metadata)
-    layouts = {info.tensor: info.layout for info in metadata.layers.values()}
+    layouts = tensor_layouts(view, metadata)
     candidates = []
     for node in view.nodes:
         for tensor in node.output:
             if not tensor or tensor not in needed or not view.is_float(tensor):
                 continue
             layer = make_layer(view, tensor, names, layouts)
-            if layer is not None and _has_spatial_extent(layer):
+            if layer is not None and layer.layout in ("NCHW", "NHWC") and _has_spatial_extent(layer):
                 candidates.append(layer)
     return candidates
+
+
+def tensor_layouts(view: GraphView, metadata: Metadata) -> dict[str, str]:
+    """Layouts of rank-4 tensors: metadata first, then what follows from the inputs' layouts."""
+    inputs = {name: metadata.input_layout or guess_input_layout(view.shape(name) or [])
+              for name in view.input_names if view.rank(name) == 4}
+    layouts = infer_layouts(view, inputs)
+    layouts.update({info.tensor: info.layout for info in metadata.layers.values()})
+    return layouts
 
 
 def make_layer(view: GraphView, tensor: str, names: dict[str, list[str]], layouts: dict[str, str]) -> Optional[Layer]:
@@ -128,9 +139,7 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
     info = metadata.layers.get(spec)
     tensor = info.tensor if info else spec
     if tensor in view.ancestors([output]) and view.is_float(tensor):
-        names = framework_names(view, metadata)
-        layouts = {i.tensor: i.layout for i in metadata.layers.values()}
-        layer = make_layer(view, tensor, names, layouts)
+        layer = make_layer(view, tensor, framework_names(view, metadata), tensor_layouts(view, metadata))
         if layer is not None:
             return layer
         raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a "
