@@ -103,7 +103,7 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     for outcome in failed:
         print(f"skipped {outcome.image}: {outcome.error}", file=sys.stderr)
     print(f"explained {len(outcomes) - len(failed)} of {len(outcomes)} images at "
-          f"{', '.join(layer.display_name for layer in explainer.layers)}; wrote {args.out}")
+          f"{', '.join(explainer.layer_keys)}; wrote {args.out}")
     return 0
 
 

@@ -27,8 +27,8 @@ Targets = Union[None, int, Sequence[int], np.ndarray]
 class Explanation:
     """What one call of an :class:`Explainer` returns.
 
-    ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (by display
-    name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
+    ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (keyed by the
+    name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
     the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
     """
 
@@ -73,6 +73,8 @@ class Explainer:
         candidates = candidate_layers(self.view, self.output, self.metadata)
         specs = [layer] if isinstance(layer, str) else list(layer)
         self.layers = [resolve_layer(self.view, spec, self.output, candidates, self.metadata) for spec in specs]
+        # Results are keyed by the name the user gave ("auto" by the layer's own name).
+        self.layer_keys = [layer.display_name if spec == "auto" else spec for spec, layer in zip(specs, self.layers)]
         self._candidates = candidates
         gradient_method(method)  # fail now, not at the first call, on an unknown name
         self.method = method
@@ -133,17 +135,17 @@ class Explainer:
                                   ([b.class_output] if b.class_output else []))
         return Explanation(
             cams=values["cam"],
-            raw={layer.display_name: values[name] for layer, name in zip(self.layers, built.raw_outputs)},
+            raw={key: values[name] for key, name in zip(self.layer_keys, built.raw_outputs)},
             outputs={name: values[name] for name in built.model_outputs},
             classes=values.get(built.class_output) if built.class_output else None,
             layers=list(self.layers),
         )
 
     def gradients(self, images: Images, targets: Targets = None) -> dict[str, LayerGradients]:
-        """Per layer (by display name): its activations and d(target)/d(activations), as NumPy arrays."""
+        """Per layer (keyed as given): its activations and d(target)/d(activations), as NumPy arrays."""
         built, values = self._run(images, targets, lambda b: b.activation_outputs + b.gradient_outputs)
-        return {layer.display_name: LayerGradients(values[layer.tensor], values[grad])
-                for layer, grad in zip(self.layers, built.gradient_outputs)}
+        return {key: LayerGradients(values[layer.tensor], values[grad])
+                for key, layer, grad in zip(self.layer_keys, self.layers, built.gradient_outputs)}
 
     def _run(self, images: Images, targets: Targets, wanted):
         feeds = self._feeds(images)

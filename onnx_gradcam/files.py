@@ -104,7 +104,7 @@ def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preproce
 
 
 def _write_summary(outcomes: list[Outcome], explainer: Explainer, out_dir: str) -> None:
-    summary = {"layers": [layer.display_name for layer in explainer.layers], "method": explainer.method,
+    summary = {"layers": list(explainer.layer_keys), "method": explainer.method,
                "images": [{k: v for k, v in vars(o).items() if v is not None} for o in outcomes]}
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)

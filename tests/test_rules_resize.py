@@ -213,3 +213,18 @@ def test_runtime_scales_are_refused():
     text = model_text('y = Resize<mode = "linear">(x, , sc)', "float[2,3,5,6] x, float[4] sc", "float[2,3,A,B] y")
     with pytest.raises(ValueError, match="scales"):
         gradient_model(parse(text), ["x"])
+
+
+def test_sizes_computed_at_run_time():
+    # What torch.onnx writes for F.interpolate(size=...) under a dynamic batch: sizes = Concat(Shape(x)[:2], [H, W]).
+    # The resized lengths are read from the inferred output shape.
+    body = (_ints("hw", [7, 5]) + "\n lead = Shape<start = 0, end = 2>(x)\n sz = Concat<axis = 0>(lead, hw)"
+            '\n y = Resize<mode = "linear">(x, , , sz)')
+    text = model_text(body, "float[N,3,4,8] x", "float[N,3,7,5] y")
+    check_adjoint(text, ["x"], inputs={"x": np.random.default_rng(1).standard_normal(X_SHAPE).astype(np.float32)})
+
+
+def test_run_time_sizes_with_unknown_output_lengths_are_refused():
+    text = model_text('y = Resize<mode = "linear">(x, , , sz)', "float[2,3,5,6] x, int64[4] sz", "float[2,3,A,B] y")
+    with pytest.raises(ValueError, match="sizes computed at run time"):
+        gradient_model(parse(text), ["x"])

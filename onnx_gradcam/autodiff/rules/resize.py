@@ -27,13 +27,20 @@ def _resize(g: GradContext, s: Step):
                          "the default policy 'stretch' (or scales) instead")
     rank = g.rank(x)
     axes = [a + rank if a < 0 else a for a in (s.attr("axes", None) or range(rank))]
-    scales, sizes = _optional_constant(g, s, 2, "scales"), _optional_constant(g, s, 3, "sizes")
-    if scales is None and sizes is None:
+    scales = _optional_constant(g, s, 2, "scales")
+    # Sizes computed at run time (exporters write Concat(Shape(x)[:2], [H, W]) for a dynamic batch) are
+    # read from the inferred output shape: each resized axis must have a static length there.
+    runtime_sizes = scales is None and s.has_input(3) and g.constant(s.x[3]) is None
+    sizes = None if runtime_sizes else _optional_constant(g, s, 3, "sizes")
+    if scales is None and sizes is None and not runtime_sizes:
         raise ValueError(f"Resize node {s.name!r}: its scales or sizes must be constants to differentiate "
                          "through it")
     crop = s.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
     roi = g.require_constant(s, 1, "roi") if crop else None
     in_shape, out_shape = g.shape(x), g.shape(y)
+    if runtime_sizes and out_shape is None:
+        raise ValueError(f"Resize node {s.name!r}: its sizes ({s.x[3]!r}) are computed at run time and its "
+                         "output shape is unknown; give the model fixed output sizes")
     dx = s.dy[0]
     for k, axis in enumerate(axes):
         length_in = in_shape[axis]
@@ -45,7 +52,9 @@ def _resize(g: GradContext, s: Step):
             continue
         if not isinstance(length_in, int) or not isinstance(length_out, int):
             raise ValueError(f"Resize node {s.name!r}: axis {axis} is resized, so its input and output lengths "
-                             f"must be known (got {length_in} and {length_out}); give the model fixed sizes")
+                             f"must be known (got {length_in} and {length_out}"
+                             f"{', the sizes computed at run time' if runtime_sizes else ''}); give the model "
+                             "fixed sizes")
         window = None if roi is None else (float(roi[k]), float(roi[len(axes) + k]))
         weights = _axis_weights(g, s, length_in, length_out, scale, window)
         if g.view.elem_type(x) != TensorProto.FLOAT:
