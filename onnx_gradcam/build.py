@@ -12,12 +12,13 @@ from .autodiff.emit import Emitter
 from .graph.assemble import extend_model, tensor_info
 from .graph.layers import Layer
 from .graph.view import GraphView
-from .maps import combine, normalize, upsample
+from .maps import combine, image_size, normalize, upsample
 from .methods import gradient_method
 from .targets import class_seed
 
 CLASS_INPUT = "target_class"
 SEED_INPUT = "target_seed"
+IMAGE_SIZE_INPUT = "image_size"
 CAM_OUTPUT = "cam"
 CLASS_OUTPUT = "explained_class"
 
@@ -40,6 +41,7 @@ class ExplainerModel:
     target_input: str
     model_outputs: list[str]
     class_output: Optional[str]
+    has_maps: bool = True
 
     @property
     def activation_outputs(self) -> list[str]:
@@ -54,37 +56,51 @@ class ExplainerModel:
         return [raw_output(layer) for layer in self.layers]
 
 
-def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str, method: str, target: str,
-                          image: str, image_layout: str, later_layers=None) -> ExplainerModel:
-    """``target`` is ``"class"`` (int64 class per image, -1 for the top class) or ``"seed"`` (a float seed
-    shaped like ``output``)."""
-    compute_map = gradient_method(method)
+def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str, method: Optional[str],
+                          target: str, image: Optional[str], image_layout: str = "NCHW",
+                          later_layers=None) -> ExplainerModel:
+    """The forward graph plus the head's backward pass and, for a gradient ``method``, the maps.
+
+    ``target``: ``"class"`` (int64 class per image, -1 for the top class), ``"probability"`` (the same classes'
+    softmax probabilities) or ``"seed"`` (a float seed shaped like ``output``). ``image``: the input whose
+    (H, W) maps are upsampled to; None adds an int64 ``image_size`` input instead (for head models).
+    ``method`` None leaves the maps to the host: activations and gradients only.
+    """
+    compute_map = gradient_method(method) if method else None
     elem_type = view.elem_type(output)
     e = Emitter("explain/", view.all_tensor_names() | {o for n in view.nodes for o in n.output})
-    if target == "class":
+    inputs = []
+    if target in ("class", "probability"):
         if view.rank(output) != 2:
             raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
-                             "Give a seed array shaped like the output instead")
+                             "Give a seed array, a Mask or a Detection target instead")
         target_input = CLASS_INPUT
-        target_info = tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]])
-        seed, chosen = class_seed(e, output, CLASS_INPUT, elem_type)
+        inputs.append(tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]]))
+        seed, chosen = class_seed(e, output, CLASS_INPUT, elem_type, probability=target == "probability")
     else:
         target_input, seed, chosen = SEED_INPUT, SEED_INPUT, None
-        target_info = tensor_info(SEED_INPUT, elem_type, view.shape(output))
+        inputs.append(tensor_info(SEED_INPUT, elem_type, view.shape(output)))
+    if image is None:
+        inputs.append(tensor_info(IMAGE_SIZE_INPUT, TensorProto.INT64, [2]))
+        size, image_hw = IMAGE_SIZE_INPUT, [None, None]
+    else:
+        size = image_size(e, image, image_layout)
+        image_shape = view.shape(image)
+        image_hw = image_shape[2:4] if image_layout == "NCHW" else image_shape[1:3]
 
     seed_nodes = len(e.nodes)
     grads = backward(view, output, seed, [layer.tensor for layer in layers], later_layers)
     batch = view.shape(output)[0]
-    image_shape = view.shape(image)
-    image_hw = image_shape[2:4] if image_layout == "NCHW" else image_shape[1:3]
     finals, named = [], []  # named: (tensor, output name, element type, shape)
     for layer in layers:
-        raw = compute_map(e, layer.tensor, grads.names[layer.tensor], layer)
-        layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
-        named += [(raw, raw_output(layer), elem_type, [batch, *layer_hw]),
-                  (grads.names[layer.tensor], gradient_output(layer), elem_type, list(layer.shape))]
-        finals.append(upsample(e, normalize(e, raw), image, image_layout))
-    named.append((combine(e, finals), CAM_OUTPUT, elem_type, [batch, *image_hw]))
+        named.append((grads.names[layer.tensor], gradient_output(layer), elem_type, list(layer.shape)))
+        if compute_map is not None:
+            raw = compute_map(e, layer.tensor, grads.names[layer.tensor], layer)
+            layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
+            named.append((raw, raw_output(layer), elem_type, [batch, *layer_hw]))
+            finals.append(upsample(e, normalize(e, raw), size))
+    if finals:
+        named.append((combine(e, finals), CAM_OUTPUT, elem_type, [batch, *image_hw]))
     if chosen is not None:
         named.append((chosen, CLASS_OUTPUT, TensorProto.INT64, [batch]))
     renames = [helper.make_node("Identity", [source], [name], name=f"explain/output_{i}")
@@ -97,5 +113,6 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
     if clashes:
         raise ValueError(f"the model already has tensors named {sorted(clashes)}, which the explainer adds")
     model = extend_model(view.model, e.nodes[:seed_nodes] + grads.nodes + e.nodes[seed_nodes:] + renames,
-                         grads.initializers + e.initializers, inputs=[target_info], outputs=outputs)
-    return ExplainerModel(model, list(layers), output, target_input, view.output_names, chosen and CLASS_OUTPUT)
+                         grads.initializers + e.initializers, inputs=inputs, outputs=outputs)
+    return ExplainerModel(model, list(layers), output, target_input, view.output_names, chosen and CLASS_OUTPUT,
+                          has_maps=bool(finals))

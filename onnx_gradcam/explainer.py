@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -10,14 +11,16 @@ import onnx
 
 from . import metadata as metadata_schema
 from .graph import weights
-from .build import ExplainerModel, build_explainer_model
+from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT, ExplainerModel, build_explainer_model
+from .graph.assemble import extend_model, tensor_info
+from .graph.head import cut_head
 from .graph.layers import Layer, candidate_layers, resolve_layer
 from .graph.layout import guess_input_layout
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
 from .methods import gradient_method
 from .runtime import Providers, default_options, make_session, resolve_providers
-from .targets import TOP_CLASS
+from .targets import TOP_CLASS, Detection, Mask, Probability
 
 Images = Union[np.ndarray, Mapping[str, np.ndarray]]
 Targets = Union[None, int, Sequence[int], np.ndarray]
@@ -86,6 +89,8 @@ class Explainer:
         self._new_options = session_options or default_options
         self._built: dict[str, ExplainerModel] = {}
         self._sessions: dict[str, object] = {}
+        self.runs: Counter = Counter()
+        """Session runs so far, by kind: "explainer" (whole model), "body" and "head" (several targets)."""
 
     # --- the explainer model ---------------------------------------------------------------------------------
     def explainer_model(self, target: str = "class") -> ExplainerModel:
@@ -112,14 +117,16 @@ class Explainer:
 
     def _session(self, target: str):
         if target not in self._sessions:
-            model = self.explainer_model(target).model
-            # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;
-            # the arrays must live until then.
-            names, values = weights.ort_values(self._take_weights(), weights.placeholders(model))
-            options = self._new_options()
-            options.add_external_initializers(names, values)
-            self._sessions[target] = make_session(model, self.providers, options)
+            self._sessions[target] = self._make_session(self.explainer_model(target).model)
         return self._sessions[target]
+
+    def _make_session(self, model: onnx.ModelProto):
+        # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;
+        # the arrays must live until then.
+        names, values = weights.ort_values(self._take_weights(), weights.placeholders(model))
+        options = self._new_options()
+        options.add_external_initializers(names, values)
+        return make_session(model, self.providers, options)
 
     def _take_weights(self) -> dict:
         """The detached weights, handed over once: later needs reload them from the source, so no second
@@ -129,12 +136,20 @@ class Explainer:
 
     # --- running -----------------------------------------------------------------------------------------------
     def __call__(self, images: Images, targets: Targets = None) -> Explanation:
-        """Explain a batch: ``images`` in the model's own input layout; ``targets`` None (top class), a class
-        index, one class index per image, or a float seed array shaped like the explained output."""
-        built, values = self._run(images, targets, lambda b: b.model_outputs + b.raw_outputs + ["cam"] +
+        """Explain a batch: ``images`` in the model's own input layout.
+
+        ``targets``: None (the top class), a class index for all images, one class index per image, a list of
+        class indices per image (several maps per image: the network's body runs once, the head once per
+        target), :class:`~onnx_gradcam.targets.Probability`, :class:`~onnx_gradcam.targets.Mask` or
+        :class:`~onnx_gradcam.targets.Detection` targets (one, or one per image), or a float seed array shaped
+        like the explained output.
+        """
+        if _several_per_image(targets):
+            return self._explain_several(images, targets)
+        built, values = self._run(images, targets, lambda b: b.model_outputs + b.raw_outputs + [CAM_OUTPUT] +
                                   ([b.class_output] if b.class_output else []))
         return Explanation(
-            cams=values["cam"],
+            cams=values[CAM_OUTPUT],
             raw={key: values[name] for key, name in zip(self.layer_keys, built.raw_outputs)},
             outputs={name: values[name] for name in built.model_outputs},
             classes=values.get(built.class_output) if built.class_output else None,
@@ -154,6 +169,7 @@ class Explainer:
         built = self.explainer_model(target)
         names = wanted(built)
         results = self._session(target).run(names, {**feeds, built.target_input: value})
+        self.runs["explainer"] += 1
         return built, dict(zip(names, results))
 
     def _feeds(self, images: Images) -> dict[str, np.ndarray]:
@@ -175,16 +191,91 @@ class Explainer:
     def _target_feed(self, targets: Targets, batch: int) -> tuple[str, np.ndarray]:
         if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":
             return "seed", targets
+        listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+        if listed and all(isinstance(t, (Mask, Detection)) for t in listed):
+            return "seed", self._host_seeds(listed, batch)
+        kind = "probability" if listed and all(isinstance(t, Probability) for t in listed) else "class"
         if targets is None:
             classes = np.full(batch, TOP_CLASS, dtype=np.int64)
         else:
-            classes = np.asarray(targets, dtype=np.int64).reshape(-1)
-            if classes.size == 1:
-                classes = np.repeat(classes, batch)
-            if classes.size != batch:
-                raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one "
-                                 "class for all")
-        return "class", classes
+            values = [TOP_CLASS if isinstance(t, Probability) and t.class_index is None else
+                      t.class_index if isinstance(t, Probability) else t for t in listed]
+            classes = np.asarray(values, dtype=np.int64).reshape(-1)
+        if classes.size == 1:
+            classes = np.repeat(classes, batch)
+        if classes.size != batch:
+            raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one "
+                             "class for all")
+        return kind, classes
+
+    def _host_seeds(self, targets: list, batch: int) -> np.ndarray:
+        """One seed per image from Mask / Detection targets (one target for all images, or one each)."""
+        if len(targets) == 1:
+            targets = targets * batch
+        if len(targets) != batch:
+            raise ValueError(f"{len(targets)} targets for {batch} images")
+        shape = self.view.shape(self.output)[1:]
+        if not all(isinstance(d, int) for d in shape):
+            raise ValueError(f"output {self.output!r} has shape {self.view.shape(self.output)}: Mask and Detection "
+                             "targets need its non-batch dims known; pass a seed array instead")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.view.elem_type(self.output))
+        return np.stack([target.seed(shape, dtype) for target in targets])
+
+    # --- several targets per image: the body once, the head once per target -------------------------------------
+    def _explain_several(self, images: Images, targets) -> Explanation:
+        per_image = [list(t) for t in targets]
+        feeds = self._feeds(images)
+        if len(per_image) != len(next(iter(feeds.values()))):
+            raise ValueError(f"{len(per_image)} target lists for {len(next(iter(feeds.values())))} images")
+        counts = {len(t) for t in per_image}
+        if len(counts) != 1:
+            raise ValueError("give every image the same number of targets")
+        (count,) = counts
+        head, body, head_explainer = self._head_parts()
+        values = dict(zip(head.inputs, self._body_session(body).run(head.inputs, feeds)))
+        self.runs["body"] += 1
+        repeated = {name: np.repeat(value, count, axis=0) for name, value in values.items()}
+        image_shape = next(iter(feeds.values())).shape if len(feeds) == 1 else feeds[self.image_input].shape
+        hw = image_shape[2:4] if self.image_layout == "NCHW" else image_shape[1:3]
+        kind, classes = self._target_feed([c for t in per_image for c in t], len(per_image) * count)
+        names = head_explainer.raw_outputs + [CAM_OUTPUT, head_explainer.class_output]
+        results = dict(zip(names, self._head_session(kind, head_explainer).run(names, {
+            **repeated, head_explainer.target_input: classes, IMAGE_SIZE_INPUT: np.asarray(hw, np.int64)})))
+        self.runs["head"] += 1
+        split = lambda a: a.reshape(len(per_image), count, *a.shape[1:])  # noqa: E731
+        return Explanation(cams=split(results[CAM_OUTPUT]),
+                           raw={key: split(results[name]) for key, name in zip(self.layer_keys,
+                                                                               head_explainer.raw_outputs)},
+                           outputs={}, classes=split(results[head_explainer.class_output]), layers=list(self.layers))
+
+    def _head_parts(self):
+        if "head" not in self._built:
+            head = cut_head(self.view, [layer.tensor for layer in self.layers], self.output)
+            self._head = head
+            head_view = GraphView(normalize(head.model))
+            self._built["head"] = build_explainer_model(head_view, self.layers, self.output, self.method, "class",
+                                                        image=None)
+            self._body_model = extend_model(self.view.model, [], outputs=[
+                tensor_info(name, self.view.elem_type(name), self.view.shape(name))
+                for name in head.inputs if name not in self.view.output_names])
+        return self._head, self._body_model, self._built["head"]
+
+    def _body_session(self, body: onnx.ModelProto):
+        if "body" not in self._sessions:
+            self._sessions["body"] = self._make_session(body)
+        return self._sessions["body"]
+
+    def _head_session(self, kind: str, head_explainer: ExplainerModel):
+        if kind != "class":
+            raise ValueError("several targets per image take class indices")
+        if "head" not in self._sessions:
+            self._sessions["head"] = self._make_session(head_explainer.model)
+        return self._sessions["head"]
+
+
+def _several_per_image(targets) -> bool:
+    return isinstance(targets, (list, tuple)) and len(targets) > 0 and all(
+        isinstance(t, (list, tuple, np.ndarray)) for t in targets)
 
 
 def _load_light(model: ModelLike) -> tuple[onnx.ModelProto, dict]:

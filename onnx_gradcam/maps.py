@@ -15,12 +15,17 @@ from .autodiff.emit import Emitter
 EPSILON = 1e-7
 
 
-def upsample(e: Emitter, raw: str, image: str, image_layout: str) -> str:
-    """(N, h, w) -> (N, H, W), bilinear with half-pixel centres (as cv2.resize and torch's align_corners=False)."""
-    spatial = [2, 3] if image_layout == "NCHW" else [1, 2]
+def image_size(e: Emitter, image: str, image_layout: str) -> str:
+    """The image's (H, W) as an int64 [2] tensor."""
+    start = 2 if image_layout == "NCHW" else 1
+    return e.op("Shape", image, start=start, end=start + 2)
+
+
+def upsample(e: Emitter, raw: str, size: str) -> str:
+    """(N, h, w) -> (N, H, W) with ``size`` = (H, W): bilinear with half-pixel centres (as cv2.resize and
+    torch's align_corners=False)."""
     as_image = e.op("Unsqueeze", raw, e.ints([1]))
-    sizes = e.op("Concat", e.op("Shape", as_image, end=2), e.op("Shape", image, start=spatial[0], end=spatial[1] + 1),
-                 axis=0)
+    sizes = e.op("Concat", e.op("Shape", as_image, end=2), size, axis=0)
     resized = e.op("Resize", as_image, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
     return e.op("Squeeze", resized, e.ints([1]))
 
