@@ -11,7 +11,8 @@ from typing import Optional, Union
 from . import metadata as _metadata
 from .autodiff import UnsupportedOperatorError, gradient_model, supported_ops
 from .explainer import Explainer, Explanation, LayerGradients
-from .graph.layers import Layer, candidate_layers
+from .graph.layers import Layer, TokenGrid, candidate_layers
+from .targets import Detection, Mask, Probability
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
 
@@ -26,5 +27,5 @@ def list_layers(model: ModelLike, output: Union[str, int, None] = None) -> list[
     return candidate_layers(view, _resolve_output(view, output), _metadata.read(view.model))
 
 
-__all__ = ["Explainer", "Explanation", "Layer", "LayerGradients", "UnsupportedOperatorError", "gradient_model",
-           "list_layers", "supported_ops"]
+__all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Probability", "TokenGrid",
+           "UnsupportedOperatorError", "gradient_model", "list_layers", "supported_ops"]

@@ -31,6 +31,15 @@ def gradient_output(layer: Layer) -> str:
     return f"grad/{layer.tensor}"
 
 
+def as_map(e: Emitter, tensor: str, layer: Layer) -> str:
+    """The layer's tensor as a map: token activations sliced past the skipped tokens and laid on their grid."""
+    if layer.tokens is None:
+        return tensor
+    grid = layer.tokens
+    kept = e.op("Slice", tensor, e.ints([grid.skip]), e.ints([2**62]), e.ints([1]))
+    return e.op("Reshape", kept, e.ints([0, grid.height, grid.width, -1]))
+
+
 @dataclass
 class ExplainerModel:
     """An explainer model and the names of its parts."""
@@ -93,9 +102,9 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
     batch = view.shape(output)[0]
     finals, named = [], []  # named: (tensor, output name, element type, shape)
     for layer in layers:
-        named.append((grads.names[layer.tensor], gradient_output(layer), elem_type, list(layer.shape)))
+        named.append((grads.names[layer.tensor], gradient_output(layer), elem_type, view.shape(layer.tensor)))
         if compute_map is not None:
-            raw = compute_map(e, layer.tensor, grads.names[layer.tensor], layer)
+            raw = compute_map(e, *(as_map(e, t, layer) for t in (layer.tensor, grads.names[layer.tensor])), layer)
             layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
             named.append((raw, raw_output(layer), elem_type, [batch, *layer_hw]))
             finals.append(upsample(e, normalize(e, raw), size))

@@ -14,7 +14,7 @@ from .graph import weights
 from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT, ExplainerModel, build_explainer_model
 from .graph.assemble import extend_model, tensor_info
 from .graph.head import cut_head
-from .graph.layers import Layer, candidate_layers, resolve_layer
+from .graph.layers import Layer, TokenGrid, candidate_layers, resolve_layer
 from .graph.layout import guess_input_layout
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
@@ -63,11 +63,12 @@ class Explainer:
         providers: ``"auto"`` (CUDA when it works here, else the CPU) or ONNX Runtime provider names.
         session_options: a function returning fresh ``onnxruntime.SessionOptions`` (threads, spinning, ...),
             called once per session: each session's options carry that session's weights.
+        tokens: a :class:`TokenGrid` for transformer layers whose activations are (N, tokens, C).
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
-                 session_options: Optional[Callable[[], object]] = None):
+                 session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None):
         self._source = model
         light, self._weights = _load_light(model)
         self.view = GraphView(normalize(light))
@@ -75,7 +76,8 @@ class Explainer:
         self.output = _resolve_output(self.view, output)
         candidates = candidate_layers(self.view, self.output, self.metadata)
         specs = [layer] if isinstance(layer, str) else list(layer)
-        self.layers = [resolve_layer(self.view, spec, self.output, candidates, self.metadata) for spec in specs]
+        self.layers = [resolve_layer(self.view, spec, self.output, candidates, self.metadata, tokens)
+                       for spec in specs]
         # Results are keyed by the name the user gave ("auto" by the layer's own name).
         self.layer_keys = [layer.display_name if spec == "auto" else spec for spec, layer in zip(specs, self.layers)]
         self._candidates = candidates

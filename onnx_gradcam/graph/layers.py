@@ -15,11 +15,24 @@ TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
 @dataclass(frozen=True)
+class TokenGrid:
+    """How (N, tokens, C) activations (a vision transformer's) become an (N, height, width, C) map: drop the
+    first ``skip`` tokens (the class token), lay the rest out row by row, as pytorch-grad-cam's
+    ``reshape_transform`` for ViT does."""
+
+    height: int
+    width: int
+    skip: int = 1
+
+
+@dataclass(frozen=True)
 class Layer:
     """A tensor of the graph a CAM can be computed at.
 
     ``name`` is the framework's name for it where known (a PyTorch module path, a Keras layer name),
     ``aliases`` the other framework names of the same tensor (the module it ends, and their parents).
+    Token activations carry their ``tokens`` grid; ``shape`` and ``layout`` then describe the map
+    (N, height, width, C) NHWC they are reshaped to.
     """
 
     tensor: str
@@ -28,6 +41,7 @@ class Layer:
     name: Optional[str] = None
     aliases: tuple[str, ...] = ()
     layout: str = "NCHW"
+    tokens: Optional[TokenGrid] = None
 
     @property
     def display_name(self) -> str:
@@ -102,15 +116,22 @@ def tensor_layouts(view: GraphView, metadata: Metadata) -> dict[str, str]:
     return layouts
 
 
-def make_layer(view: GraphView, tensor: str, names: dict[str, list[str]], layouts: dict[str, str]) -> Optional[Layer]:
+def make_layer(view: GraphView, tensor: str, names: dict[str, list[str]], layouts: dict[str, str],
+               tokens: Optional[TokenGrid] = None) -> Optional[Layer]:
     shape = view.shape(tensor)
-    if shape is None or len(shape) != 4:
+    if shape is None or len(shape) != (3 if tokens else 4):
         return None
     producer = view.producer.get(tensor)
     aliases = names.get(tensor, [])
+    layout = layouts.get(tensor, "NCHW")
+    if tokens:
+        count = shape[1]
+        if isinstance(count, int) and count - tokens.skip != tokens.height * tokens.width:
+            raise ValueError(f"tensor {tensor!r} has {count} tokens; a {tokens.height}x{tokens.width} grid after "
+                             f"skipping {tokens.skip} needs {tokens.height * tokens.width + tokens.skip}")
+        shape, layout = [shape[0], tokens.height, tokens.width, shape[2]], "NHWC"
     return Layer(tensor=tensor, op=producer.op_type if producer is not None else "Input", shape=tuple(shape),
-                 name=aliases[0] if aliases else None, aliases=tuple(aliases[1:]),
-                 layout=layouts.get(tensor, "NCHW"))
+                 name=aliases[0] if aliases else None, aliases=tuple(aliases[1:]), layout=layout, tokens=tokens)
 
 
 def _has_spatial_extent(layer: Layer) -> bool:
@@ -129,23 +150,30 @@ def default_layer(candidates: Sequence[Layer], output: str) -> Layer:
 
 
 def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[Layer],
-                  metadata: Metadata) -> Layer:
-    """The layer a user named: 'auto', a framework name, or any float tensor of rank 4 before ``output``."""
+                  metadata: Metadata, tokens: Optional[TokenGrid] = None) -> Layer:
+    """The layer a user named: 'auto', a framework name, or any float tensor of rank 4 before ``output``
+    (rank 3, (N, tokens, C), with a ``tokens`` grid)."""
     if spec == "auto":
+        if tokens:
+            raise ValueError("token activations need the layer named explicitly (e.g. the last block's norm)")
         return default_layer(candidates, output)
-    for layer in candidates:
-        if spec == layer.tensor or spec == layer.name or spec in layer.aliases:
-            return layer
+    if not tokens:
+        for layer in candidates:
+            if spec == layer.tensor or spec == layer.name or spec in layer.aliases:
+                return layer
+    names = framework_names(view, metadata)
+    by_name = {alias: tensor for tensor, aliases in names.items() for alias in aliases}
     info = metadata.layers.get(spec)
-    tensor = info.tensor if info else spec
+    tensor = info.tensor if info else by_name.get(spec, spec)
     if tensor in view.ancestors([output]) and view.is_float(tensor):
-        layer = make_layer(view, tensor, framework_names(view, metadata), tensor_layouts(view, metadata))
+        layer = make_layer(view, tensor, names, tensor_layouts(view, metadata), tokens)
         if layer is not None:
             return layer
-        raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a "
-                         "rank-4 activation (N, C, H, W) or (N, H, W, C)")
+        wanted = "(N, tokens, C)" if tokens else "rank-4 activation (N, C, H, W) or (N, H, W, C)"
+        raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a {wanted}"
+                         + ("" if tokens else "; for transformer tokens give a TokenGrid"))
     known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
-                   | set(metadata.layers))
+                   | set(metadata.layers) | set(by_name))
     close = difflib.get_close_matches(spec, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"no layer named {spec!r} on the path to output {output!r}.{hint} "
