@@ -9,16 +9,18 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from . import maps
 from . import metadata as metadata_schema
-from .graph import weights
+from .autodiff.emit import Emitter
 from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT, ExplainerModel, build_explainer_model
+from .graph import weights
 from .graph.assemble import extend_model, tensor_info
 from .graph.head import cut_head
 from .graph.layers import Layer, TokenGrid, candidate_layers, resolve_layer
 from .graph.layout import guess_input_layout
-from .graph.model import ModelLike, load_model, normalize
+from .graph.model import ModelLike, load_model, normalize, set_ir_version
 from .graph.view import GraphView
-from .methods import gradient_method
+from .methods import HOST_METHODS, check_method, eigen, perturbation
 from .runtime import Providers, default_options, make_session, resolve_providers
 from .targets import TOP_CLASS, Detection, Mask, Probability
 
@@ -58,17 +60,21 @@ class Explainer:
         layer: ``"auto"`` (the last rank-4 activation before the spatial dims are pooled away), a framework
             layer name (PyTorch module path, Keras layer name) or a tensor name; or a list of these, whose maps
             are averaged into one.
-        method: the CAM method (``"gradcam"``).
+        method: the CAM method: ``gradcam``, ``hirescam``, ``gradcam-elementwise``, ``gradcam++``, ``xgradcam``,
+            ``layercam`` (computed inside the explainer model), ``eigencam``, ``eigengradcam``, ``scorecam``,
+            ``ablationcam`` (on the host, around ONNX Runtime sessions).
         output: which model output to explain (name or index); the first by default.
         providers: ``"auto"`` (CUDA when it works here, else the CPU) or ONNX Runtime provider names.
         session_options: a function returning fresh ``onnxruntime.SessionOptions`` (threads, spinning, ...),
             called once per session: each session's options carry that session's weights.
         tokens: a :class:`TokenGrid` for transformer layers whose activations are (N, tokens, C).
+        batch_size: perturbed inputs per session run for Score-CAM and Ablation-CAM.
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
-                 session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None):
+                 session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
+                 batch_size: int = 32):
         self._source = model
         light, self._weights = _load_light(model)
         self.view = GraphView(normalize(light))
@@ -81,8 +87,8 @@ class Explainer:
         # Results are keyed by the name the user gave ("auto" by the layer's own name).
         self.layer_keys = [layer.display_name if spec == "auto" else spec for spec, layer in zip(specs, self.layers)]
         self._candidates = candidates
-        gradient_method(method)  # fail now, not at the first call, on an unknown name
-        self.method = method
+        self.method = check_method(method)  # fail now, not at the first call, on an unknown name
+        self.batch_size = batch_size
         self.image_input, self.image_layout = _image_input(self.view, self.metadata)
         self.providers = resolve_providers(providers)
         if session_options is not None and not callable(session_options):
@@ -99,8 +105,8 @@ class Explainer:
         """The ONNX model that computes outputs, gradients and maps (``target``: ``"class"`` or ``"seed"``)."""
         if target not in self._built:
             self._built[target] = build_explainer_model(
-                self.view, self.layers, self.output, self.method, target, self.image_input, self.image_layout,
-                self._layers_after)
+                self.view, self.layers, self.output, None if self._on_host else self.method, target,
+                self.image_input, self.image_layout, self._layers_after)
         return self._built[target]
 
     def save(self, path: str, target: str = "class") -> None:
@@ -130,6 +136,10 @@ class Explainer:
         options.add_external_initializers(names, values)
         return make_session(model, self.providers, options)
 
+    @property
+    def _on_host(self) -> bool:
+        return self.method in HOST_METHODS
+
     def _take_weights(self) -> dict:
         """The detached weights, handed over once: later needs reload them from the source, so no second
         copy of the weights lives beside ONNX Runtime's."""
@@ -146,6 +156,8 @@ class Explainer:
         :class:`~onnx_gradcam.targets.Detection` targets (one, or one per image), or a float seed array shaped
         like the explained output.
         """
+        if self._on_host:
+            return self._explain_on_host(images, targets)
         if _several_per_image(targets):
             return self._explain_several(images, targets)
         built, values = self._run(images, targets, lambda b: b.model_outputs + b.raw_outputs + [CAM_OUTPUT] +
@@ -223,6 +235,111 @@ class Explainer:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self.view.elem_type(self.output))
         return np.stack([target.seed(shape, dtype) for target in targets])
 
+    # --- methods computed on the host: EigenCAM, EigenGradCAM, Score-CAM, Ablation-CAM ------------------------------
+    def _explain_on_host(self, images: Images, targets: Targets) -> Explanation:
+        if _several_per_image(targets):
+            raise ValueError(f"{self.method} takes one target per image")
+        feeds = self._feeds(images)
+        built, values = self._run(images, targets, lambda b: b.model_outputs + b.activation_outputs +
+                                  b.gradient_outputs + ([b.class_output] if b.class_output else []))
+        outputs = values[self.output]
+        seeds = self._seeds(targets, outputs, values.get(built.class_output) if built.class_output else None)
+        raws = []
+        for layer, gradient in zip(self.layers, built.gradient_outputs):
+            activations = _as_nchw(values[layer.tensor], layer)
+            if self.method == "eigencam":
+                raw = eigen.eigencam(activations)
+            elif self.method == "eigengradcam":
+                raw = eigen.eigengradcam(activations, _as_nchw(values[gradient], layer))
+            elif self.method == "scorecam":
+                raw = self._score_cam(layer, activations, feeds, seeds)
+            else:
+                raw = self._ablation_cam(layer, activations, values[layer.tensor], feeds, seeds, outputs)
+            raws.append(raw)
+        image = feeds[self.image_input]
+        size = image.shape[2:4] if self.image_layout == "NCHW" else image.shape[1:3]
+        return Explanation(cams=self._finish(raws, size), raw=dict(zip(self.layer_keys, raws)),
+                           outputs={name: values[name] for name in built.model_outputs},
+                           classes=values.get(built.class_output) if built.class_output else None,
+                           layers=list(self.layers))
+
+    def _seeds(self, targets: Targets, outputs: np.ndarray, classes: Optional[np.ndarray]) -> np.ndarray:
+        """The score of each image is sum(seed * output): one-hot rows for class targets."""
+        if classes is None:
+            return self._target_feed(targets, len(outputs))[1]
+        if any(isinstance(t, Probability) for t in (targets if isinstance(targets, (list, tuple)) else [targets])):
+            raise ValueError(f"{self.method} explains logits, masks, detections or seeds, not probabilities")
+        seeds = np.zeros_like(outputs)
+        seeds[np.arange(len(classes)), classes] = 1
+        return seeds
+
+    def _score_cam(self, layer: Layer, activations: np.ndarray, feeds: dict, seeds: np.ndarray) -> np.ndarray:
+        session = self._model_session()
+        others = {name: value for name, value in feeds.items() if name != self.image_input}
+
+        def score(masked: np.ndarray, index: int) -> np.ndarray:
+            rows = {name: np.repeat(value[index:index + 1], len(masked), axis=0) for name, value in others.items()}
+            (out,) = session.run([self.output], {**rows, self.image_input: masked.astype(np.float32)})
+            self.runs["model"] += 1
+            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
+
+        weights = perturbation.score_cam_weights(activations, feeds[self.image_input], self.image_layout == "NCHW",
+                                                 score, self.batch_size)
+        return perturbation.weighted_map(weights, activations)
+
+    def _ablation_cam(self, layer: Layer, activations: np.ndarray, original: np.ndarray, feeds: dict,
+                      seeds: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        head, body, session = self._head_for(layer)
+        boundary = dict(zip(head.inputs[1:], body.run(head.inputs[1:], feeds))) if head.inputs[1:] else {}
+        self.runs["body"] += bool(boundary)
+
+        def score(ablated: np.ndarray, index: int) -> np.ndarray:
+            rows = {name: np.repeat(value[index:index + 1], len(ablated), axis=0) for name, value in boundary.items()}
+            layer_rows = _from_nchw(ablated, layer, original[index]).astype(original.dtype)
+            (out,) = session.run([self.output], {**rows, layer.tensor: layer_rows})
+            self.runs["head"] += 1
+            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
+
+        scores = (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
+        weights = perturbation.ablation_cam_weights(activations, scores, score, self.batch_size)
+        return perturbation.weighted_map(weights, activations)
+
+    def _model_session(self):
+        if "model" not in self._sessions:
+            model = extend_model(self.view.model, [], keep_outputs=False, outputs=[
+                tensor_info(self.output, self.view.elem_type(self.output), self.view.shape(self.output))])
+            self._sessions["model"] = self._make_session(model)
+        return self._sessions["model"]
+
+    def _head_for(self, layer: Layer):
+        """(head, body session giving the head's other inputs, head session) for one layer."""
+        key = f"ablation/{layer.tensor}"
+        if key not in self._sessions:
+            head = cut_head(self.view, [layer.tensor], self.output)
+            body = extend_model(self.view.model, [], keep_outputs=False, outputs=[
+                tensor_info(name, self.view.elem_type(name), self.view.shape(name)) for name in head.inputs[1:]])
+            self._sessions[key] = (head, self._make_session(body) if head.inputs[1:] else None,
+                                   self._make_session(head.model))
+        return self._sessions[key]
+
+    def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:
+        """Host maps through the same post-processing as the explainer model's (a small ONNX model)."""
+        key = f"maps/{len(raws)}"
+        if key not in self._sessions:
+            e = Emitter("maps/", set())
+            names = [f"raw_{i}" for i in range(len(raws))]
+            cam = maps.combine(e, [maps.upsample(e, maps.normalize(e, name), IMAGE_SIZE_INPUT) for name in names])
+            graph = onnx.helper.make_graph(
+                e.nodes + [onnx.helper.make_node("Identity", [cam], [CAM_OUTPUT])], "maps",
+                [tensor_info(n, onnx.TensorProto.FLOAT, ["N", None, None]) for n in names] +
+                [tensor_info(IMAGE_SIZE_INPUT, onnx.TensorProto.INT64, [2])],
+                [tensor_info(CAM_OUTPUT, onnx.TensorProto.FLOAT, ["N", None, None])], initializer=e.initializers)
+            model = set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+            self._sessions[key] = make_session(model, self.providers, self._new_options())
+        feeds = {f"raw_{i}": raw.astype(np.float32) for i, raw in enumerate(raws)}
+        (cams,) = self._sessions[key].run([CAM_OUTPUT], {**feeds, IMAGE_SIZE_INPUT: np.asarray(size, np.int64)})
+        return cams
+
     # --- several targets per image: the body once, the head once per target -------------------------------------
     def _explain_several(self, images: Images, targets) -> Explanation:
         per_image = [list(t) for t in targets]
@@ -273,6 +390,24 @@ class Explainer:
         if "head" not in self._sessions:
             self._sessions["head"] = self._make_session(head_explainer.model)
         return self._sessions["head"]
+
+
+def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
+    """A layer's tensor as an NCHW map (token activations laid on their grid)."""
+    if layer.tokens is not None:
+        grid = layer.tokens
+        values = values[:, grid.skip:].reshape(len(values), grid.height, grid.width, -1)
+        return values.transpose(0, 3, 1, 2)
+    return values.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else values
+
+
+def _from_nchw(maps: np.ndarray, layer: Layer, original: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_as_nchw`; skipped tokens are taken from ``original`` (one image's tensor)."""
+    if layer.tokens is not None:
+        tokens = maps.transpose(0, 2, 3, 1).reshape(len(maps), -1, maps.shape[1])
+        skipped = np.repeat(original[None, :layer.tokens.skip], len(maps), axis=0)
+        return np.concatenate([skipped, tokens], axis=1)
+    return maps.transpose(0, 2, 3, 1) if layer.layout == "NHWC" else maps
 
 
 def _several_per_image(targets) -> bool:
