@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from ..metadata import Metadata
 from .layout import guess_input_layout, infer_layouts
+from .tf_names import is_tf2onnx, tf2onnx_layer_names
 from .view import Dim, GraphView
 
 TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -66,6 +67,9 @@ def framework_names(view: GraphView, metadata: Metadata) -> dict[str, list[str]]
     names: dict[str, list[str]] = {}
     for name, info in metadata.layers.items():
         names.setdefault(info.tensor, []).append(name)
+    if is_tf2onnx(view.model):
+        for tensor, scopes in tf2onnx_layer_names(view).items():
+            names.setdefault(tensor, scopes)
     scopes_of = {node.name: _torch_module_scopes(node) for node in view.nodes}
     last_node_of: dict[str, int] = {}
     for index, node in enumerate(view.nodes):
