@@ -79,3 +79,21 @@ def test_python_dash_m_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "onnx_gradcam", "--help"], capture_output=True, text=True,
                           check=True)
     assert "convert" in done.stdout and "explain" in done.stdout and "layers" in done.stdout
+
+
+def test_convert_a_saved_keras_file_and_explain(tmp_path, images):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(inputs)
+    logits = keras.layers.Dense(4, name="logits")(keras.layers.GlobalAveragePooling2D()(features))
+    saved = tmp_path / "small.keras"
+    keras.Model(inputs, logits).save(saved)
+    onnx_path = tmp_path / "small.onnx"
+    assert main(["convert", str(saved), "-o", str(onnx_path), "--layer", "features", "--explain", str(images),
+                 "--out", str(tmp_path / "explained")]) == 0
+    summary = json.loads((tmp_path / "explained" / "summary.json").read_text())
+    assert summary["layers"] == ["features"]
+    explained = [row for row in summary["images"] if "error" not in row]
+    assert len(explained) == 3 and all(np.load(row["map"]).shape == (32, 32) for row in explained)
