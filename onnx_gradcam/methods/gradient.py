@@ -1,6 +1,13 @@
 """Gradient methods, emitted as ONNX nodes inside the explainer model so only maps leave the device.
 
-Each method maps (activations A, gradients dA, layer) to a raw map of shape (N, h, w), ReLU applied.
+Each method maps (activations A, gradients dA = d(score)/dA, layer) to a raw map of shape (N, h, w), ReLU
+applied. They follow pytorch-grad-cam 1.5.7's definitions (so maps compare one to one with it) except where
+its definition departs from the paper in substance; each such place is said below. Axes come from
+``layer.spatial_axes`` / ``layer.channel_axis``, so NCHW and NHWC layers are explained alike.
+
+Methods that weight channels (Grad-CAM, Grad-CAM++, XGrad-CAM) compute one weight per image and channel
+(spatial axes reduced, kept as size 1) and share ``_weighted_channel_sum``; methods that weight positions
+(HiResCAM, Grad-CAM element-wise, LayerCAM) multiply element-wise and share ``_channel_sum``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,11 @@ from ..graph.layers import Layer
 
 GradientMethod = Callable[[Emitter, str, str, Layer], str]
 
+# pytorch-grad-cam's XGradCAM adds 1e-7 to each channel's activation sum. It only matters for channels whose
+# activations sum to about zero, and those contribute (weight * activations) about nothing to the map, so it
+# is kept: it spares such channels a 0/0.
+XGRADCAM_EPSILON = 1e-7
+
 
 def _gradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM (Selvaraju et al. 2017): channel weights are the spatial mean of the gradient."""
@@ -19,13 +31,81 @@ def _gradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     return _weighted_channel_sum(e, activations, weights, layer)
 
 
+def _gradcam_plusplus(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with the exponential's derivatives, as the peer uses it):
+    alpha = g^2 / (2 g^2 + sum_ab(A_ab) g^3) per position; channel weight = sum_ij alpha_ij * relu(g_ij).
+
+    pytorch-grad-cam adds a constant 1e-6 to alpha's denominator. That is not in the paper and not
+    scale-free: the denominator is O(g^2), and logit gradients at a network's last layers are often about
+    1e-3 (g^2 ~ 1e-6), where the constant changes alpha by tens of percent, unevenly across positions. So
+    the paper's formula is used; alpha is 0 where its denominator is 0 (at g = 0, where the peer's own
+    ``where(grads != 0, ...)`` makes it 0, and at the pole S g = -2, which post-ReLU layers never reach for
+    g > 0). tests/test_methods.py shows the difference and compares with the peer where its constant is
+    negligible.
+    """
+    axes = e.ints(layer.spatial_axes)
+    g2 = e.op("Mul", gradients, gradients)
+    g3 = e.op("Mul", g2, gradients)
+    sums = e.op("ReduceSum", activations, axes, keepdims=1)
+    denominator = e.op("Add", e.op("Add", g2, g2), e.op("Mul", sums, g3))
+    zero = e.op("Equal", denominator, _zero_like(e, denominator))
+    alpha = e.op("Where", zero, _zero_like(e, denominator), e.op("Div", g2, denominator))
+    weights = e.op("ReduceSum", e.op("Mul", alpha, e.op("Relu", gradients)), axes, keepdims=1)
+    return _weighted_channel_sum(e, activations, weights, layer)
+
+
+def _xgradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+    """XGrad-CAM (Fu et al. 2020): channel weight = sum_ij g_ij * A_ij / (sum_ab A_ab), i.e. the gradient
+    averaged with the activations' own weights instead of uniformly."""
+    axes = e.ints(layer.spatial_axes)
+    sums = e.op("ReduceSum", activations, axes, keepdims=1)
+    guarded = e.op("Add", sums, _scalar_like(e, XGRADCAM_EPSILON, sums))
+    weighted = e.op("ReduceSum", e.op("Mul", gradients, activations), axes, keepdims=1)
+    return _weighted_channel_sum(e, activations, e.op("Div", weighted, guarded), layer)
+
+
+def _hirescam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+    """HiResCAM (Draelos & Carin 2020): sum over channels of g * A, the gradient not averaged over space, so
+    the map is exactly each position's first-order contribution to the score."""
+    return _channel_sum(e, e.op("Mul", gradients, activations), layer)
+
+
+def _gradcam_elementwise(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+    """Grad-CAM element-wise (pytorch-grad-cam's own variant, no paper): HiResCAM with a ReLU on each
+    product g * A before the channel sum, so negative evidence in one channel cannot cancel another's."""
+    return _channel_sum(e, e.op("Relu", e.op("Mul", gradients, activations)), layer)
+
+
+def _layercam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+    """LayerCAM (Jiang et al. 2021): sum over channels of relu(g) * A, positive gradients weighting each
+    position; it keeps fine detail at earlier layers, where Grad-CAM's spatial mean blurs it away."""
+    return _channel_sum(e, e.op("Mul", e.op("Relu", gradients), activations), layer)
+
+
 def _weighted_channel_sum(e: Emitter, activations: str, weights: str, layer: Layer) -> str:
-    weighted = e.op("Mul", activations, weights)
-    return e.op("Relu", e.op("ReduceSum", weighted, e.ints([layer.channel_axis]), keepdims=0))
+    return _channel_sum(e, e.op("Mul", activations, weights), layer)
+
+
+def _channel_sum(e: Emitter, values: str, layer: Layer) -> str:
+    return e.op("Relu", e.op("ReduceSum", values, e.ints([layer.channel_axis]), keepdims=0))
+
+
+def _zero_like(e: Emitter, tensor: str) -> str:
+    """A scalar 0 of ``tensor``'s element type (float16, float32 or float64 models alike)."""
+    return e.op("CastLike", e.const(0.0, "float32"), tensor)
+
+
+def _scalar_like(e: Emitter, value: float, tensor: str) -> str:
+    return e.op("CastLike", e.const(value, "float32"), tensor)
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {
     "gradcam": _gradcam,
+    "hirescam": _hirescam,
+    "gradcam-elementwise": _gradcam_elementwise,
+    "gradcam++": _gradcam_plusplus,
+    "xgradcam": _xgradcam,
+    "layercam": _layercam,
 }
 
 
