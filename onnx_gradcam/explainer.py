@@ -69,12 +69,13 @@ class Explainer:
             called once per session: each session's options carry that session's weights.
         tokens: a :class:`TokenGrid` for transformer layers whose activations are (N, tokens, C).
         batch_size: perturbed inputs per session run for Score-CAM and Ablation-CAM.
+        max_batch: the most images per session run; larger batches are split (None: as many as fit).
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
-                 batch_size: int = 32):
+                 batch_size: int = 32, max_batch: Optional[int] = None):
         self._source = model
         light, self._weights = _load_light(model)
         self.view = GraphView(normalize(light))
@@ -89,6 +90,7 @@ class Explainer:
         self._candidates = candidates
         self.method = check_method(method)  # fail now, not at the first call, on an unknown name
         self.batch_size = batch_size
+        self.max_batch = max_batch
         self.image_input, self.image_layout = _image_input(self.view, self.metadata)
         self.providers = resolve_providers(providers)
         if session_options is not None and not callable(session_options):
@@ -147,7 +149,7 @@ class Explainer:
         return taken if taken is not None else _load_light(self._source)[1]
 
     # --- running -----------------------------------------------------------------------------------------------
-    def __call__(self, images: Images, targets: Targets = None) -> Explanation:
+    def __call__(self, images: Images, targets: Targets = None, aug_smooth: bool = False) -> Explanation:
         """Explain a batch: ``images`` in the model's own input layout.
 
         ``targets``: None (the top class), a class index for all images, one class index per image, a list of
@@ -155,7 +157,27 @@ class Explainer:
         target), :class:`~onnx_gradcam.targets.Probability`, :class:`~onnx_gradcam.targets.Mask` or
         :class:`~onnx_gradcam.targets.Detection` targets (one, or one per image), or a float seed array shaped
         like the explained output.
+        ``aug_smooth``: average the maps of six test-time augmentations (horizontal flip x brightness 0.9, 1,
+        1.1), each flipped back, as pytorch-grad-cam's ``aug_smooth``.
+
+        Batches larger than ``max_batch`` (or than ONNX Runtime can allocate) are split and the results joined.
         """
+        if aug_smooth:
+            return self._augmented(images, targets)
+        feeds = self._feeds(images)
+        batch = len(feeds[self.image_input])
+        if batch <= (self.max_batch or batch):
+            try:
+                return self._explain(feeds, targets)
+            except Exception as error:  # noqa: BLE001  (only allocation failures are retried)
+                if batch == 1 or not _out_of_memory(error):
+                    raise
+                self.max_batch = batch // 2
+        chunks = [_rows(feeds, start, start + self.max_batch) for start in range(0, batch, self.max_batch)]
+        return _join([self(chunk, _target_rows(targets, start, start + self.max_batch, batch))
+                      for chunk, start in zip(chunks, range(0, batch, self.max_batch))])
+
+    def _explain(self, images: Images, targets: Targets) -> Explanation:
         if self._on_host:
             return self._explain_on_host(images, targets)
         if _several_per_image(targets):
@@ -169,6 +191,25 @@ class Explainer:
             classes=values.get(built.class_output) if built.class_output else None,
             layers=list(self.layers),
         )
+
+    def _augmented(self, images: Images, targets: Targets) -> Explanation:
+        """Mean over flips x brightness factors, each map flipped back (the un-augmented run gives outputs)."""
+        feeds = self._feeds(images)
+        width_axis = 3 if self.image_layout == "NCHW" else 2
+        runs = []
+        for flip in (False, True):
+            for factor in AUG_FACTORS:
+                image = feeds[self.image_input] * np.float32(factor)
+                image = np.flip(image, width_axis) if flip else image
+                result = self({**feeds, self.image_input: np.ascontiguousarray(image)}, targets)
+                if flip:
+                    result.cams = np.flip(result.cams, -1)
+                    result.raw = {key: np.flip(value, -1) for key, value in result.raw.items()}
+                runs.append(result)
+        plain = runs[AUG_FACTORS.index(1.0)]
+        plain.cams = np.mean([r.cams for r in runs], axis=0).astype(np.float32)
+        plain.raw = {key: np.mean([r.raw[key] for r in runs], axis=0) for key in plain.raw}
+        return plain
 
     def gradients(self, images: Images, targets: Targets = None) -> dict[str, LayerGradients]:
         """Per layer (keyed as given): its activations and d(target)/d(activations), as NumPy arrays."""
@@ -390,6 +431,39 @@ class Explainer:
         if "head" not in self._sessions:
             self._sessions["head"] = self._make_session(head_explainer.model)
         return self._sessions["head"]
+
+
+AUG_FACTORS = (0.9, 1.0, 1.1)
+"""Brightness factors of ``aug_smooth`` (ttach's Multiply, as pytorch-grad-cam uses it)."""
+
+
+def _out_of_memory(error: Exception) -> bool:
+    text = str(error).lower()
+    return "failed to allocate" in text or "bad_alloc" in text or "bad allocation" in text
+
+
+def _rows(feeds: dict, start: int, stop: int) -> dict:
+    return {name: value[start:stop] for name, value in feeds.items()}
+
+
+def _target_rows(targets, start: int, stop: int, batch: int):
+    """The targets of images ``start:stop``: per-image targets are sliced, one target for all is kept."""
+    if isinstance(targets, np.ndarray) and targets.ndim > 0 and len(targets) == batch:
+        return targets[start:stop]
+    if isinstance(targets, (list, tuple)) and len(targets) == batch:
+        return list(targets[start:stop])
+    return targets
+
+
+def _join(parts: list) -> "Explanation":
+    def cat(values):
+        return None if values[0] is None else np.concatenate(values)
+
+    first = parts[0]
+    return Explanation(cams=cat([p.cams for p in parts]),
+                       raw={key: cat([p.raw[key] for p in parts]) for key in first.raw},
+                       outputs={key: cat([p.outputs[key] for p in parts]) for key in first.outputs},
+                       classes=cat([p.classes for p in parts]), layers=first.layers)
 
 
 def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
