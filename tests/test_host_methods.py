@@ -1,0 +1,85 @@
+"""Host-side methods against pytorch-grad-cam on torchvision resnet18 and resnet50 (random weights):
+EigenCAM and EigenGradCAM (up to the sign of the singular vector), Score-CAM and Ablation-CAM (same batch
+size as the peer). Gradient-free methods are compared with the peer in float32, EigenGradCAM in float64
+(float32 torch gradients are not accurate to 1e-3 over deep heads)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from pytorch_grad_cam import AblationCAM, EigenCAM, EigenGradCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from converters.pytorch import export
+from onnx_gradcam import Explainer
+
+PEERS = {"eigencam": EigenCAM, "eigengradcam": EigenGradCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM}
+BATCH = 64
+CLASSES = [3, 7]
+
+
+@pytest.fixture(scope="module", params=["resnet18", "resnet50"])
+def network(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, request.param)(weights=None).eval()
+    images = torch.randn(2, 3, 64, 64)
+    path = tmp_path_factory.mktemp(request.param) / f"{request.param}.onnx"
+    export(model, images, path)
+    return model, images, str(path)
+
+
+def _peer(method, model, images):
+    if method == "eigengradcam":
+        model, images = copy.deepcopy(model).double(), images.double()
+    with PEERS[method](model=model, target_layers=[model.layer4]) as peer:
+        peer.batch_size = BATCH
+        return peer(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in CLASSES])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(PEERS))
+def test_host_method_equals_pytorch_grad_cam(network, method):
+    model, images, path = network
+    if method == "scorecam" and model.fc.in_features == 2048:
+        images = images[:1]  # 2048 masked forward passes per image in the peer: one image is enough
+    explainer = Explainer(path, layer="auto", method=method, batch_size=BATCH)
+    ours = explainer(images.numpy(), CLASSES[:len(images)]).cams
+    theirs = _peer(method, model, images)
+    assert ours.shape == theirs.shape
+    assert ours.reshape(len(ours), -1).max(1).min() > 0.99  # real maps, not all zero
+    if method.startswith("eigen"):
+        # the peer keeps whatever sign the SVD returns; ours is oriented (largest magnitude positive)
+        difference = min(np.abs(ours - theirs).max(), np.abs(ours - _flipped_peer(method, model, images)).max())
+    else:
+        difference = np.abs(ours - theirs).max()
+    assert difference <= 1e-3
+
+
+def _flipped_peer(method, model, images):
+    """The peer's map had its projection the other way round (the same SVD, negated vector)."""
+    from pytorch_grad_cam.utils import svd_on_activations
+
+    original = svd_on_activations.get_2d_projection
+    import pytorch_grad_cam.eigen_cam as eigen_module
+    import pytorch_grad_cam.eigen_grad_cam as eigen_grad_module
+
+    def negated(values):
+        return -original(values)
+
+    eigen_module.get_2d_projection = eigen_grad_module.get_2d_projection = negated
+    try:
+        return _peer(method, model, images)
+    finally:
+        eigen_module.get_2d_projection = eigen_grad_module.get_2d_projection = original
+
+
+def test_ablation_runs_only_the_head(network):
+    _, images, path = network
+    explainer = Explainer(path, method="ablationcam", batch_size=BATCH)
+    explainer(images.numpy()[:1], 5)
+    assert explainer.runs["explainer"] == 1 and explainer.runs["model"] == 0
+    assert explainer.runs["head"] == 512 // BATCH or explainer.runs["head"] == 2048 // BATCH
