@@ -1,14 +1,16 @@
-"""Grad-CAM cost against plain inference, side by side in one run.
+"""CAM cost against plain inference, side by side in one run.
 
 The same ResNet-50 (random weights) and batch, timed as: plain ONNX Runtime inference; this project's
-Grad-CAM at the default layer and at ``layer3``; pytorch-grad-cam's ``GradCAM`` (and plain torch inference
-for reference). Runs are interleaved round-robin so machine noise hits every row alike, and no runtime
+Grad-CAM at the default layer and at ``layer3`` and Grad-CAM++; pytorch-grad-cam's ``GradCAM`` and
+``GradCAMPlusPlus`` (and plain torch inference for reference). A second table times the perturbation
+methods, Score-CAM and Ablation-CAM, against pytorch-grad-cam's, with the same batch of perturbed inputs
+per run (32) and a smaller image batch (each image costs 2048 perturbed runs at layer4). Runs are interleaved round-robin so machine noise hits every row alike, and no runtime
 spins its threads between calls (ONNX Runtime's allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch) so one
 row's idle threads do not slow the next. The table gives medians and ratios to ONNX Runtime inference.
 Peak memory is measured per row in a fresh subprocess: the peak RSS (VmHWM, reset after set-up) minus
 the RSS once the libraries are imported and the inputs made.
 
-    python benchmarks/bench_gradcam.py [--batch 8] [--repeats 10]
+    python benchmarks/bench_gradcam.py [--batch 8] [--repeats 20] [--perturbation-batch 1]
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import sys
 import tempfile
 import time
 
-ROWS = ["ort-inference", "gradcam-default", "gradcam-layer3", "torch-inference", "pytorch-grad-cam"]
+ROWS = ["ort-inference", "gradcam-default", "gradcam-layer3", "gradcam++", "torch-inference", "pytorch-grad-cam",
+        "pytorch-gradcam++"]
+PERTURBATION_ROWS = ["ort-inference", "scorecam", "pytorch-scorecam", "ablationcam", "pytorch-ablationcam"]
+OURS = {"gradcam-default": ("gradcam", "auto"), "gradcam-layer3": ("gradcam", "layer3"),
+        "gradcam++": ("gradcam++", "auto"), "scorecam": ("scorecam", "auto"), "ablationcam": ("ablationcam", "auto")}
+PEERS = {"pytorch-grad-cam": "GradCAM", "pytorch-gradcam++": "GradCAMPlusPlus", "pytorch-scorecam": "ScoreCAM",
+         "pytorch-ablationcam": "AblationCAM"}
+PERTURBED_PER_RUN = 32
 
 
 def _model_and_images(batch: int):
@@ -52,7 +61,7 @@ def _session_options():
 
 def _runner(row: str, path: str, batch: int, model=None, images=None):
     """A zero-argument callable doing one batch of ``row``'s work (set-up excluded)."""
-    if row.startswith(("ort-", "gradcam-")):
+    if row == "ort-inference" or row in OURS:
         import numpy as np
 
         array = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
@@ -64,8 +73,9 @@ def _runner(row: str, path: str, batch: int, model=None, images=None):
             return lambda: session.run(None, {name: array})
         from onnx_gradcam import Explainer
 
-        explainer = Explainer(path, layer="auto" if row == "gradcam-default" else "layer3",
-                              providers="CPUExecutionProvider", session_options=_session_options)
+        method, layer = OURS[row]
+        explainer = Explainer(path, layer=layer, method=method, providers="CPUExecutionProvider",
+                              session_options=_session_options, batch_size=PERTURBED_PER_RUN)
         return lambda: explainer(array)
     import torch
 
@@ -77,9 +87,10 @@ def _runner(row: str, path: str, batch: int, model=None, images=None):
             with torch.no_grad():
                 model(images)
         return infer
-    from pytorch_grad_cam import GradCAM
+    import pytorch_grad_cam
 
-    peer = GradCAM(model=model, target_layers=[model.layer4])
+    peer = getattr(pytorch_grad_cam, PEERS[row])(model=model, target_layers=[model.layer4])
+    peer.batch_size = PERTURBED_PER_RUN
     return lambda: peer(input_tensor=images, targets=None)
 
 
@@ -93,7 +104,7 @@ def _status_mb(field: str) -> float:
 
 def measure_memory(row: str, path: str, batch: int) -> None:
     """Subprocess body: print the peak RSS growth caused by building and running ``row``."""
-    if row.startswith(("ort-", "gradcam-")):
+    if row == "ort-inference" or row in OURS:
         import onnxruntime  # noqa: F401  (imports are baseline, not the row's memory)
 
         import onnx_gradcam  # noqa: F401
@@ -113,6 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--perturbation-batch", type=int, default=1)
+    parser.add_argument("--perturbation-repeats", type=int, default=2)
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,16 +139,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-gradcam-")
     path = os.path.join(workdir, "resnet50.onnx")
     _export(path, args.batch)
-    runners = {row: _runner(row, path, args.batch) for row in ROWS}
-    for run in runners.values():  # warm-up: sessions, arenas, lazy builds
-        run()
-    times: dict[str, list[float]] = {row: [] for row in ROWS}
-    for _ in range(args.repeats):
-        for row, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[row].append(time.perf_counter() - start)
-
+    times = _interleaved(ROWS, path, args.batch, args.repeats)
     memory = {}
     for row in ROWS:
         out = subprocess.run([sys.executable, __file__, "--memory-row", row, "--model", path,
@@ -146,11 +150,35 @@ def main() -> None:
     base_memory = memory["ort-inference"]
     print(f"ResNet-50, random weights, batch {args.batch}, 224x224, {os.cpu_count()} CPU threads, "
           f"{args.repeats} interleaved repeats")
-    print(f"{'row':<20}{'median ms':>12}{'x ORT inf.':>12}{'peak MB':>10}{'x ORT inf.':>12}")
+    print(f"{'row':<22}{'median ms':>12}{'x ORT inf.':>12}{'peak MB':>10}{'x ORT inf.':>12}")
     for row in ROWS:
         median = statistics.median(times[row])
-        print(f"{row:<20}{median * 1000:>12.1f}{median / base_time:>12.2f}{memory[row]:>10.0f}"
+        print(f"{row:<22}{median * 1000:>12.1f}{median / base_time:>12.2f}{memory[row]:>10.0f}"
               f"{memory[row] / base_memory:>12.2f}")
+
+    batch = args.perturbation_batch
+    times = _interleaved(PERTURBATION_ROWS, path, batch, args.perturbation_repeats)
+    base_time = statistics.median(times["ort-inference"])
+    print(f"\nPerturbation methods at layer4 (2048 channels): batch {batch}, {PERTURBED_PER_RUN} perturbed inputs "
+          f"per run, {args.perturbation_repeats} interleaved repeats")
+    print(f"{'row':<22}{'median s':>12}{'x ORT inf.':>12}")
+    for row in PERTURBATION_ROWS:
+        median = statistics.median(times[row])
+        print(f"{row:<22}{median:>12.2f}{median / base_time:>12.1f}")
+
+
+def _interleaved(rows: list[str], path: str, batch: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each row, the rows run round-robin after one warm-up call each."""
+    runners = {row: _runner(row, path, batch) for row in rows}
+    for run in runners.values():  # warm-up: sessions, arenas, lazy builds
+        run()
+    times: dict[str, list[float]] = {row: [] for row in rows}
+    for _ in range(repeats):
+        for row, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[row].append(time.perf_counter() - start)
+    return times
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from .graph.assemble import extend_model, tensor_info
 from .graph.layers import Layer
 from .graph.view import GraphView
 from .maps import combine, image_size, normalize, upsample
-from .methods import gradient_method
+from .methods.gradient import channel_map, gradient_method
 from .targets import class_seed
 
 CLASS_INPUT = "target_class"
@@ -29,6 +29,10 @@ def raw_output(layer: Layer) -> str:
 
 def gradient_output(layer: Layer) -> str:
     return f"grad/{layer.tensor}"
+
+
+def contribution_output(layer: Layer) -> str:
+    return f"contrib/{layer.tensor}"
 
 
 def as_map(e: Emitter, tensor: str, layer: Layer) -> str:
@@ -64,16 +68,22 @@ class ExplainerModel:
     def raw_outputs(self) -> list[str]:
         return [raw_output(layer) for layer in self.layers]
 
+    @property
+    def contribution_outputs(self) -> list[str]:
+        return [contribution_output(layer) for layer in self.layers]
+
 
 def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str, method: Optional[str],
                           target: str, image: Optional[str], image_layout: str = "NCHW",
-                          later_layers=None) -> ExplainerModel:
+                          later_layers=None, contributions_only: bool = False) -> ExplainerModel:
     """The forward graph plus the head's backward pass and, for a gradient ``method``, the maps.
 
     ``target``: ``"class"`` (int64 class per image, -1 for the top class), ``"probability"`` (the same classes'
     softmax probabilities) or ``"seed"`` (a float seed shaped like ``output``). ``image``: the input whose
     (H, W) maps are upsampled to; None adds an int64 ``image_size`` input instead (for head models).
-    ``method`` None leaves the maps to the host: activations and gradients only.
+    ``method`` None leaves the maps to the host: activations and gradients only. ``contributions_only``
+    stops a gradient method at its per-channel contributions (``contrib/<layer>``), for the host's SVD
+    (``eigen_smooth``).
     """
     compute_map = gradient_method(method) if method else None
     elem_type = view.elem_type(output)
@@ -104,7 +114,12 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
     for layer in layers:
         named.append((grads.names[layer.tensor], gradient_output(layer), elem_type, view.shape(layer.tensor)))
         if compute_map is not None:
-            raw = compute_map(e, *(as_map(e, t, layer) for t in (layer.tensor, grads.names[layer.tensor])), layer)
+            contributions = compute_map(e, *(as_map(e, t, layer) for t in (layer.tensor, grads.names[layer.tensor])),
+                                        layer)
+            if contributions_only:
+                named.append((contributions, contribution_output(layer), elem_type, list(layer.shape)))
+                continue
+            raw = channel_map(e, contributions, layer)
             layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
             named.append((raw, raw_output(layer), elem_type, [batch, *layer_hw]))
             finals.append(upsample(e, normalize(e, raw), size))

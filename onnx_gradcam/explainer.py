@@ -70,12 +70,14 @@ class Explainer:
         tokens: a :class:`TokenGrid` for transformer layers whose activations are (N, tokens, C).
         batch_size: perturbed inputs per session run for Score-CAM and Ablation-CAM.
         max_batch: the most images per session run; larger batches are split (None: as many as fit).
+        eigen_smooth: the map is the first principal component of the method's per-channel contributions
+            (on the host) instead of their sum, as pytorch-grad-cam's ``eigen_smooth``.
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
-                 batch_size: int = 32, max_batch: Optional[int] = None):
+                 batch_size: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False):
         self._source = model
         light, self._weights = _load_light(model)
         self.view = GraphView(normalize(light))
@@ -91,6 +93,7 @@ class Explainer:
         self.method = check_method(method)  # fail now, not at the first call, on an unknown name
         self.batch_size = batch_size
         self.max_batch = max_batch
+        self.eigen_smooth = eigen_smooth
         self.image_input, self.image_layout = _image_input(self.view, self.metadata)
         self.providers = resolve_providers(providers)
         if session_options is not None and not callable(session_options):
@@ -107,8 +110,8 @@ class Explainer:
         """The ONNX model that computes outputs, gradients and maps (``target``: ``"class"`` or ``"seed"``)."""
         if target not in self._built:
             self._built[target] = build_explainer_model(
-                self.view, self.layers, self.output, None if self._on_host else self.method, target,
-                self.image_input, self.image_layout, self._layers_after)
+                self.view, self.layers, self.output, None if self.method in HOST_METHODS else self.method, target,
+                self.image_input, self.image_layout, self._layers_after, contributions_only=self.eigen_smooth)
         return self._built[target]
 
     def save(self, path: str, target: str = "class") -> None:
@@ -140,7 +143,7 @@ class Explainer:
 
     @property
     def _on_host(self) -> bool:
-        return self.method in HOST_METHODS
+        return self.method in HOST_METHODS or self.eigen_smooth
 
     def _take_weights(self) -> dict:
         """The detached weights, handed over once: later needs reload them from the source, so no second
@@ -281,12 +284,17 @@ class Explainer:
         if _several_per_image(targets):
             raise ValueError(f"{self.method} takes one target per image")
         feeds = self._feeds(images)
-        built, values = self._run(images, targets, lambda b: b.model_outputs + b.activation_outputs +
-                                  b.gradient_outputs + ([b.class_output] if b.class_output else []))
+        wanted = (lambda b: b.contribution_outputs) if self.method not in HOST_METHODS else (
+            lambda b: b.activation_outputs + b.gradient_outputs)
+        built, values = self._run(images, targets, lambda b: b.model_outputs + wanted(b) +
+                                  ([b.class_output] if b.class_output else []))
         outputs = values[self.output]
         seeds = self._seeds(targets, outputs, values.get(built.class_output) if built.class_output else None)
         raws = []
-        for layer, gradient in zip(self.layers, built.gradient_outputs):
+        for layer, gradient, contribution in zip(self.layers, built.gradient_outputs, built.contribution_outputs):
+            if self.method not in HOST_METHODS:  # eigen_smooth of a gradient method
+                raws.append(np.maximum(eigen.project_2d(_map_as_nchw(values[contribution], layer)), 0))
+                continue
             activations = _as_nchw(values[layer.tensor], layer)
             if self.method == "eigencam":
                 raw = eigen.eigencam(activations)
@@ -326,6 +334,11 @@ class Explainer:
 
         weights = perturbation.score_cam_weights(activations, feeds[self.image_input], self.image_layout == "NCHW",
                                                  score, self.batch_size)
+        return self._weighted(weights, activations)
+
+    def _weighted(self, weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
+        if self.eigen_smooth:
+            return np.maximum(eigen.project_2d(weights[:, :, None, None] * activations), 0)
         return perturbation.weighted_map(weights, activations)
 
     def _ablation_cam(self, layer: Layer, activations: np.ndarray, original: np.ndarray, feeds: dict,
@@ -343,7 +356,7 @@ class Explainer:
 
         scores = (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
         weights = perturbation.ablation_cam_weights(activations, scores, score, self.batch_size)
-        return perturbation.weighted_map(weights, activations)
+        return self._weighted(weights, activations)
 
     def _model_session(self):
         if "model" not in self._sessions:
@@ -467,11 +480,15 @@ def _join(parts: list) -> "Explanation":
 
 
 def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
-    """A layer's tensor as an NCHW map (token activations laid on their grid)."""
+    """A layer's tensor as an NCHW map (token activations laid on their grid first)."""
     if layer.tokens is not None:
         grid = layer.tokens
         values = values[:, grid.skip:].reshape(len(values), grid.height, grid.width, -1)
-        return values.transpose(0, 3, 1, 2)
+    return _map_as_nchw(values, layer)
+
+
+def _map_as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
+    """A tensor already laid out as the layer's map (tokens on their grid) as NCHW."""
     return values.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else values
 
 

@@ -1,13 +1,14 @@
 """Gradient methods, emitted as ONNX nodes inside the explainer model so only maps leave the device.
 
-Each method maps (activations A, gradients dA = d(score)/dA, layer) to a raw map of shape (N, h, w), ReLU
-applied. They follow pytorch-grad-cam 1.5.7's definitions (so maps compare one to one with it) except where
+Each method maps (activations A, gradients dA = d(score)/dA, layer) to per-channel contributions shaped
+like A; :func:`channel_map` turns them into the raw map (N, h, w), ReLU of their channel sum (with
+``eigen_smooth`` the host takes their first principal component instead). They follow pytorch-grad-cam 1.5.7's definitions (so maps compare one to one with it) except where
 its definition departs from the paper in substance; each such place is said below. Axes come from
 ``layer.spatial_axes`` / ``layer.channel_axis``, so NCHW and NHWC layers are explained alike.
 
 Methods that weight channels (Grad-CAM, Grad-CAM++, XGrad-CAM) compute one weight per image and channel
-(spatial axes reduced, kept as size 1) and share ``_weighted_channel_sum``; methods that weight positions
-(HiResCAM, Grad-CAM element-wise, LayerCAM) multiply element-wise and share ``_channel_sum``.
+(spatial axes reduced, kept as size 1) and multiply the activations by it; methods that weight positions
+(HiResCAM, Grad-CAM element-wise, LayerCAM) multiply element-wise.
 
 Grad-CAM++ and XGrad-CAM use each channel's activation sum S, as their papers do for post-ReLU activations.
 At a layer with signed activations S can cancel to about zero, and their maps then amplify the rounding of
@@ -32,7 +33,7 @@ XGRADCAM_EPSILON = 1e-7
 def _gradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM (Selvaraju et al. 2017): channel weights are the spatial mean of the gradient."""
     weights = e.op("ReduceMean", gradients, e.ints(layer.spatial_axes), keepdims=1)
-    return _weighted_channel_sum(e, activations, weights, layer)
+    return e.op("Mul", activations, weights)
 
 
 def _gradcam_plusplus(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
@@ -55,7 +56,7 @@ def _gradcam_plusplus(e: Emitter, activations: str, gradients: str, layer: Layer
     zero = e.op("Equal", denominator, _zero_like(e, denominator))
     alpha = e.op("Where", zero, _zero_like(e, denominator), e.op("Div", g2, denominator))
     weights = e.op("ReduceSum", e.op("Mul", alpha, e.op("Relu", gradients)), axes, keepdims=1)
-    return _weighted_channel_sum(e, activations, weights, layer)
+    return e.op("Mul", activations, weights)
 
 
 def _xgradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
@@ -65,33 +66,30 @@ def _xgradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str
     sums = e.op("ReduceSum", activations, axes, keepdims=1)
     guarded = e.op("Add", sums, _scalar_like(e, XGRADCAM_EPSILON, sums))
     weighted = e.op("ReduceSum", e.op("Mul", gradients, activations), axes, keepdims=1)
-    return _weighted_channel_sum(e, activations, e.op("Div", weighted, guarded), layer)
+    return e.op("Mul", activations, e.op("Div", weighted, guarded))
 
 
 def _hirescam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     """HiResCAM (Draelos & Carin 2020): sum over channels of g * A, the gradient not averaged over space, so
     the map is exactly each position's first-order contribution to the score."""
-    return _channel_sum(e, e.op("Mul", gradients, activations), layer)
+    return e.op("Mul", gradients, activations)
 
 
 def _gradcam_elementwise(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM element-wise (pytorch-grad-cam's own variant, no paper): HiResCAM with a ReLU on each
     product g * A before the channel sum, so negative evidence in one channel cannot cancel another's."""
-    return _channel_sum(e, e.op("Relu", e.op("Mul", gradients, activations)), layer)
+    return e.op("Relu", e.op("Mul", gradients, activations))
 
 
 def _layercam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
     """LayerCAM (Jiang et al. 2021): sum over channels of relu(g) * A, positive gradients weighting each
     position; it keeps fine detail at earlier layers, where Grad-CAM's spatial mean blurs it away."""
-    return _channel_sum(e, e.op("Mul", e.op("Relu", gradients), activations), layer)
+    return e.op("Mul", e.op("Relu", gradients), activations)
 
 
-def _weighted_channel_sum(e: Emitter, activations: str, weights: str, layer: Layer) -> str:
-    return _channel_sum(e, e.op("Mul", activations, weights), layer)
-
-
-def _channel_sum(e: Emitter, values: str, layer: Layer) -> str:
-    return e.op("Relu", e.op("ReduceSum", values, e.ints([layer.channel_axis]), keepdims=0))
+def channel_map(e: Emitter, contributions: str, layer: Layer) -> str:
+    """The raw map: ReLU of the contributions summed over channels, (N, h, w)."""
+    return e.op("Relu", e.op("ReduceSum", contributions, e.ints([layer.channel_axis]), keepdims=0))
 
 
 def _zero_like(e: Emitter, tensor: str) -> str:
