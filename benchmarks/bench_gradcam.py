@@ -8,7 +8,7 @@ per run (32) and a smaller image batch (each image costs 2048 perturbed runs at 
 spins its threads between calls (ONNX Runtime's allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch) so one
 row's idle threads do not slow the next. The table gives medians and ratios to ONNX Runtime inference.
 Peak memory is measured per row in a fresh subprocess: the peak RSS (VmHWM, reset after set-up) minus
-the RSS once the libraries are imported and the inputs made.
+the RSS once the libraries are imported and the inputs made; the median of three such processes.
 
     python benchmarks/bench_gradcam.py [--batch 8] [--repeats 20] [--perturbation-batch 1]
 """
@@ -32,6 +32,8 @@ OURS = {"gradcam-default": ("gradcam", "auto"), "gradcam-layer3": ("gradcam", "l
 PEERS = {"pytorch-grad-cam": "GradCAM", "pytorch-gradcam++": "GradCAMPlusPlus", "pytorch-scorecam": "ScoreCAM",
          "pytorch-ablationcam": "AblationCAM"}
 PERTURBED_PER_RUN = 32
+MEMORY_RUNS = 3
+"""Peak memory varies by tens of MB from one fresh process to the next: each row's is a median of three."""
 
 
 def _model_and_images(batch: int):
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--perturbation-batch", type=int, default=1)
-    parser.add_argument("--perturbation-repeats", type=int, default=2)
+    parser.add_argument("--perturbation-repeats", type=int, default=1)
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,11 +142,7 @@ def main() -> None:
     path = os.path.join(workdir, "resnet50.onnx")
     _export(path, args.batch)
     times = _interleaved(ROWS, path, args.batch, args.repeats)
-    memory = {}
-    for row in ROWS:
-        out = subprocess.run([sys.executable, __file__, "--memory-row", row, "--model", path,
-                              "--batch", str(args.batch)], capture_output=True, text=True, check=True)
-        memory[row] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    memory = {row: statistics.median(_peak_mb(row, path, args.batch) for _ in range(MEMORY_RUNS)) for row in ROWS}
 
     base_time = statistics.median(times["ort-inference"])
     base_memory = memory["ort-inference"]
@@ -157,7 +155,8 @@ def main() -> None:
               f"{memory[row] / base_memory:>12.2f}")
 
     batch = args.perturbation_batch
-    times = _interleaved(PERTURBATION_ROWS, path, batch, args.perturbation_repeats)
+    # Each call here takes tens of seconds: set-up (a session or two) is lost in it, so no warm-up call.
+    times = _interleaved(PERTURBATION_ROWS, path, batch, args.perturbation_repeats, warm_up=False)
     base_time = statistics.median(times["ort-inference"])
     print(f"\nPerturbation methods at layer4 (2048 channels): batch {batch}, {PERTURBED_PER_RUN} perturbed inputs "
           f"per run, {args.perturbation_repeats} interleaved repeats")
@@ -167,10 +166,17 @@ def main() -> None:
         print(f"{row:<22}{median:>12.2f}{median / base_time:>12.1f}")
 
 
-def _interleaved(rows: list[str], path: str, batch: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each row, the rows run round-robin after one warm-up call each."""
+def _peak_mb(row: str, path: str, batch: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-row", row, "--model", path, "--batch", str(batch)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def _interleaved(rows: list[str], path: str, batch: int, repeats: int, warm_up: bool = True
+                 ) -> dict[str, list[float]]:
+    """Seconds per call of each row, the rows run round-robin (after one warm-up call each)."""
     runners = {row: _runner(row, path, batch) for row in rows}
-    for run in runners.values():  # warm-up: sessions, arenas, lazy builds
+    for run in runners.values() if warm_up else ():  # sessions, arenas, lazy builds
         run()
     times: dict[str, list[float]] = {row: [] for row in rows}
     for _ in range(repeats):

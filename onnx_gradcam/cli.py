@@ -17,6 +17,7 @@ from .autodiff import UnsupportedOperatorError
 from .explainer import Explainer
 from .files import explain_files, find_images, preprocessing_for
 from .images import IMAGENET_MEAN, IMAGENET_STD
+from .methods import METHODS
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -68,7 +69,10 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
                              ("" if out_required else " (default: beside the ONNX model)"))
     parser.add_argument(layer_flag, dest="explain_layer", default="auto",
                         help="layer to explain at (default auto: the last conv block; for convert, the last --layer)")
-    parser.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
+    parser.add_argument("--method", default="gradcam", choices=METHODS, metavar="METHOD",
+                        help=f"CAM method: {', '.join(METHODS)} (default gradcam)")
+    parser.add_argument("--eigen-smooth", action="store_true", help="first principal component instead of the sum")
+    parser.add_argument("--aug-smooth", action="store_true", help="average over flips and brightness changes")
     parser.add_argument("--target", type=int, help="class to explain for every image (default: the top class)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H W")
     parser.add_argument("--mean", type=float, nargs=3, help="per-channel mean after scaling to [0, 1]")
@@ -95,10 +99,11 @@ def _explain(args) -> int:
 
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
-    explainer = Explainer(model_path, layer=args.explain_layer, method=args.method)
+    explainer = Explainer(model_path, layer=args.explain_layer, method=args.method, eigen_smooth=args.eigen_smooth)
     overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
     outcomes = explain_files(explainer, find_images(image_args), args.out, args.target,
-                             preprocessing_for(explainer, overrides), args.batch_size, args.alpha, args.colormap)
+                             preprocessing_for(explainer, overrides), args.batch_size, args.alpha, args.colormap,
+                             aug_smooth=args.aug_smooth)
     failed = [o for o in outcomes if o.error]
     for outcome in failed:
         print(f"skipped {outcome.image}: {outcome.error}", file=sys.stderr)

@@ -55,7 +55,7 @@ def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) ->
 
 def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, targets: Optional[int] = None,
                   preprocessing: Optional[Preprocessing] = None, batch_size: int = 16, alpha: float = 0.5,
-                  colormap: str = "jet", progress: bool = True) -> list[Outcome]:
+                  colormap: str = "jet", progress: bool = True, aug_smooth: bool = False) -> list[Outcome]:
     """Explain every image file; unreadable ones are reported in the summary and skipped, never fatal."""
     os.makedirs(out_dir, exist_ok=True)
     preprocessing = preprocessing or preprocessing_for(explainer)
@@ -76,15 +76,16 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
             kept.append(path)
         if rows:
             outcomes += _explain_batch(explainer, kept, pictures, np.stack(rows), out_dir, targets, preprocessing,
-                                       alpha, colormap)
+                                       alpha, colormap, aug_smooth)
         if progress:
             _progress(min(start + batch_size, len(images)), len(images))
     _write_summary(outcomes, explainer, out_dir)
     return outcomes
 
 
-def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preprocessing, alpha, colormap):
-    result = explainer(batch, targets)
+def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preprocessing, alpha, colormap,
+                   aug_smooth):
+    result = explainer(batch, targets, aug_smooth=aug_smooth)
     scores = result.outputs[explainer.output]
     outcomes = []
     for index, (path, picture) in enumerate(zip(paths, pictures)):

@@ -97,3 +97,20 @@ def test_convert_a_saved_keras_file_and_explain(tmp_path, images):
     assert summary["layers"] == ["features"]
     explained = [row for row in summary["images"] if "error" not in row]
     assert len(explained) == 3 and all(np.load(row["map"]).shape == (32, 32) for row in explained)
+
+
+def test_explain_with_another_method_and_smoothing(converted, images, tmp_path):
+    onnx_path, _ = converted
+    assert main(["explain", str(onnx_path), str(images / "1.png"), "--out", str(tmp_path), "--method", "layercam",
+                 "--aug-smooth", "--eigen-smooth"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    cam = np.load(tmp_path / "1_cam.npy")
+    # aug_smooth averages six normalised maps (as pytorch-grad-cam does), so the peak may stay below 1
+    assert summary["method"] == "layercam" and 0.0 <= cam.min() and 0.5 < cam.max() <= 1.0
+
+
+def test_unknown_method_is_refused_with_the_known_ones(converted, images, tmp_path, capsys):
+    onnx_path, _ = converted
+    with pytest.raises(SystemExit):
+        main(["explain", str(onnx_path), str(images), "--out", str(tmp_path), "--method", "gradkam"])
+    assert "gradcam++" in capsys.readouterr().err
