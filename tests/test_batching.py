@@ -6,23 +6,10 @@ import copy
 
 import numpy as np
 import pytest
-import torch
-import torchvision
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from converters.pytorch import export
 from onnx_gradcam import Explainer
-
-
-@pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    images = torch.randn(8, 3, 64, 64)
-    path = tmp_path_factory.mktemp("batching") / "resnet18.onnx"
-    export(model, images, path)
-    return model, images, str(path)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])

@@ -33,16 +33,6 @@ def autograd_at(model, images, module, score):
     return captured["a"].detach().numpy(), grad.numpy()
 
 
-@pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    images = torch.randn(8, 3, 64, 64)
-    path = tmp_path_factory.mktemp("resnet") / "resnet18.onnx"
-    export(model, images, path)
-    return model, images, str(path)
-
-
 def test_probability_target_equals_autograd_of_the_softmax(resnet):
     model, images, path = resnet
     classes = [1, 5, 9, 3, 0, 2, 7, 4]
