@@ -3,56 +3,27 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
-from . import maps
 from . import metadata as metadata_schema
-from .autodiff.emit import Emitter
-from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT, ExplainerModel, build_explainer_model
+from .build import CAM_OUTPUT, ExplainerModel, build_explainer_model
+from .explanation import Explanation, Images, LayerGradients, Targets, join, out_of_memory, rows, target_rows
 from .graph import weights
-from .graph.assemble import extend_model, tensor_info
-from .graph.head import cut_head
-from .graph.layers import Layer, TokenGrid, candidate_layers, resolve_layer
+from .graph.layers import TokenGrid, candidate_layers, resolve_layer
 from .graph.layout import guess_input_layout
-from .graph.model import ModelLike, load_model, normalize, set_ir_version
+from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
-from .methods import HOST_METHODS, check_method, eigen, perturbation
+from .host import HostMethods
+from .methods import HOST_METHODS, check_method
 from .runtime import Providers, default_options, make_session, resolve_providers
+from .several import SeveralTargets, several_per_image
 from .targets import TOP_CLASS, Detection, Mask, Probability
 
-Images = Union[np.ndarray, Mapping[str, np.ndarray]]
-Targets = Union[None, int, Sequence[int], np.ndarray]
 
-
-@dataclass
-class Explanation:
-    """What one call of an :class:`Explainer` returns.
-
-    ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (keyed by the
-    name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
-    the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
-    """
-
-    cams: np.ndarray
-    raw: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
-    classes: Optional[np.ndarray]
-    layers: list[Layer] = field(default_factory=list)
-
-
-@dataclass
-class LayerGradients:
-    """A layer's activations and d(target)/d(activations), both in the layer's own layout."""
-
-    activations: np.ndarray
-    gradients: np.ndarray
-
-
-class Explainer:
+class Explainer(HostMethods, SeveralTargets):
     """Explain an ONNX model's decisions with a CAM method, on ONNX Runtime.
 
     Args:
@@ -173,17 +144,17 @@ class Explainer:
             try:
                 return self._explain(feeds, targets)
             except Exception as error:  # noqa: BLE001  (only allocation failures are retried)
-                if batch == 1 or not _out_of_memory(error):
+                if batch == 1 or not out_of_memory(error):
                     raise
                 self.max_batch = batch // 2
-        chunks = [_rows(feeds, start, start + self.max_batch) for start in range(0, batch, self.max_batch)]
-        return _join([self(chunk, _target_rows(targets, start, start + self.max_batch, batch))
+        chunks = [rows(feeds, start, start + self.max_batch) for start in range(0, batch, self.max_batch)]
+        return join([self(chunk, target_rows(targets, start, start + self.max_batch, batch))
                       for chunk, start in zip(chunks, range(0, batch, self.max_batch))])
 
     def _explain(self, images: Images, targets: Targets) -> Explanation:
         if self._on_host:
             return self._explain_on_host(images, targets)
-        if _several_per_image(targets):
+        if several_per_image(targets):
             return self._explain_several(images, targets)
         built, values = self._run(images, targets, lambda b: b.model_outputs + b.raw_outputs + [CAM_OUTPUT] +
                                   ([b.class_output] if b.class_output else []))
@@ -279,231 +250,8 @@ class Explainer:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self.view.elem_type(self.output))
         return np.stack([target.seed(shape, dtype) for target in targets])
 
-    # --- methods computed on the host: EigenCAM, EigenGradCAM, Score-CAM, Ablation-CAM ------------------------------
-    def _explain_on_host(self, images: Images, targets: Targets) -> Explanation:
-        if _several_per_image(targets):
-            raise ValueError(f"{self.method} takes one target per image")
-        feeds = self._feeds(images)
-        wanted = (lambda b: b.contribution_outputs) if self.method not in HOST_METHODS else (
-            lambda b: b.activation_outputs + b.gradient_outputs)
-        built, values = self._run(images, targets, lambda b: b.model_outputs + wanted(b) +
-                                  ([b.class_output] if b.class_output else []))
-        outputs = values[self.output]
-        seeds = self._seeds(targets, outputs, values.get(built.class_output) if built.class_output else None)
-        raws = []
-        for layer, gradient, contribution in zip(self.layers, built.gradient_outputs, built.contribution_outputs):
-            if self.method not in HOST_METHODS:  # eigen_smooth of a gradient method
-                raws.append(np.maximum(eigen.project_2d(_map_as_nchw(values[contribution], layer)), 0))
-                continue
-            activations = _as_nchw(values[layer.tensor], layer)
-            if self.method == "eigencam":
-                raw = eigen.eigencam(activations)
-            elif self.method == "eigengradcam":
-                raw = eigen.eigengradcam(activations, _as_nchw(values[gradient], layer))
-            elif self.method == "scorecam":
-                raw = self._score_cam(layer, activations, feeds, seeds)
-            else:
-                raw = self._ablation_cam(layer, activations, values[layer.tensor], feeds, seeds, outputs)
-            raws.append(raw)
-        image = feeds[self.image_input]
-        size = image.shape[2:4] if self.image_layout == "NCHW" else image.shape[1:3]
-        return Explanation(cams=self._finish(raws, size), raw=dict(zip(self.layer_keys, raws)),
-                           outputs={name: values[name] for name in built.model_outputs},
-                           classes=values.get(built.class_output) if built.class_output else None,
-                           layers=list(self.layers))
-
-    def _seeds(self, targets: Targets, outputs: np.ndarray, classes: Optional[np.ndarray]) -> np.ndarray:
-        """The score of each image is sum(seed * output): one-hot rows for class targets."""
-        if classes is None:
-            return self._target_feed(targets, len(outputs))[1]
-        if any(isinstance(t, Probability) for t in (targets if isinstance(targets, (list, tuple)) else [targets])):
-            raise ValueError(f"{self.method} explains logits, masks, detections or seeds, not probabilities")
-        seeds = np.zeros_like(outputs)
-        seeds[np.arange(len(classes)), classes] = 1
-        return seeds
-
-    def _score_cam(self, layer: Layer, activations: np.ndarray, feeds: dict, seeds: np.ndarray) -> np.ndarray:
-        session = self._model_session()
-        others = {name: value for name, value in feeds.items() if name != self.image_input}
-
-        def score(masked: np.ndarray, index: int) -> np.ndarray:
-            rows = {name: np.repeat(value[index:index + 1], len(masked), axis=0) for name, value in others.items()}
-            (out,) = session.run([self.output], {**rows, self.image_input: masked.astype(np.float32)})
-            self.runs["model"] += 1
-            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
-
-        weights = perturbation.score_cam_weights(activations, feeds[self.image_input], self.image_layout == "NCHW",
-                                                 score, self.batch_size)
-        return self._weighted(weights, activations)
-
-    def _weighted(self, weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
-        if self.eigen_smooth:
-            return np.maximum(eigen.project_2d(weights[:, :, None, None] * activations), 0)
-        return perturbation.weighted_map(weights, activations)
-
-    def _ablation_cam(self, layer: Layer, activations: np.ndarray, original: np.ndarray, feeds: dict,
-                      seeds: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        head, body, session = self._head_for(layer)
-        boundary = dict(zip(head.inputs[1:], body.run(head.inputs[1:], feeds))) if head.inputs[1:] else {}
-        self.runs["body"] += bool(boundary)
-
-        def score(ablated: np.ndarray, index: int) -> np.ndarray:
-            rows = {name: np.repeat(value[index:index + 1], len(ablated), axis=0) for name, value in boundary.items()}
-            layer_rows = _from_nchw(ablated, layer, original[index]).astype(original.dtype)
-            (out,) = session.run([self.output], {**rows, layer.tensor: layer_rows})
-            self.runs["head"] += 1
-            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
-
-        scores = (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
-        weights = perturbation.ablation_cam_weights(activations, scores, score, self.batch_size)
-        return self._weighted(weights, activations)
-
-    def _model_session(self):
-        if "model" not in self._sessions:
-            model = extend_model(self.view.model, [], keep_outputs=False, outputs=[
-                tensor_info(self.output, self.view.elem_type(self.output), self.view.shape(self.output))])
-            self._sessions["model"] = self._make_session(model)
-        return self._sessions["model"]
-
-    def _head_for(self, layer: Layer):
-        """(head, body session giving the head's other inputs, head session) for one layer."""
-        key = f"ablation/{layer.tensor}"
-        if key not in self._sessions:
-            head = cut_head(self.view, [layer.tensor], self.output)
-            body = extend_model(self.view.model, [], keep_outputs=False, outputs=[
-                tensor_info(name, self.view.elem_type(name), self.view.shape(name)) for name in head.inputs[1:]])
-            self._sessions[key] = (head, self._make_session(body) if head.inputs[1:] else None,
-                                   self._make_session(head.model))
-        return self._sessions[key]
-
-    def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:
-        """Host maps through the same post-processing as the explainer model's (a small ONNX model)."""
-        key = f"maps/{len(raws)}"
-        if key not in self._sessions:
-            e = Emitter("maps/", set())
-            names = [f"raw_{i}" for i in range(len(raws))]
-            cam = maps.combine(e, [maps.upsample(e, maps.normalize(e, name), IMAGE_SIZE_INPUT) for name in names])
-            graph = onnx.helper.make_graph(
-                e.nodes + [onnx.helper.make_node("Identity", [cam], [CAM_OUTPUT])], "maps",
-                [tensor_info(n, onnx.TensorProto.FLOAT, ["N", None, None]) for n in names] +
-                [tensor_info(IMAGE_SIZE_INPUT, onnx.TensorProto.INT64, [2])],
-                [tensor_info(CAM_OUTPUT, onnx.TensorProto.FLOAT, ["N", None, None])], initializer=e.initializers)
-            model = set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
-            self._sessions[key] = make_session(model, self.providers, self._new_options())
-        feeds = {f"raw_{i}": raw.astype(np.float32) for i, raw in enumerate(raws)}
-        (cams,) = self._sessions[key].run([CAM_OUTPUT], {**feeds, IMAGE_SIZE_INPUT: np.asarray(size, np.int64)})
-        return cams
-
-    # --- several targets per image: the body once, the head once per target -------------------------------------
-    def _explain_several(self, images: Images, targets) -> Explanation:
-        per_image = [list(t) for t in targets]
-        feeds = self._feeds(images)
-        if len(per_image) != len(next(iter(feeds.values()))):
-            raise ValueError(f"{len(per_image)} target lists for {len(next(iter(feeds.values())))} images")
-        counts = {len(t) for t in per_image}
-        if len(counts) != 1:
-            raise ValueError("give every image the same number of targets")
-        (count,) = counts
-        head, body, head_explainer = self._head_parts()
-        values = dict(zip(head.inputs, self._body_session(body).run(head.inputs, feeds)))
-        self.runs["body"] += 1
-        repeated = {name: np.repeat(value, count, axis=0) for name, value in values.items()}
-        image_shape = next(iter(feeds.values())).shape if len(feeds) == 1 else feeds[self.image_input].shape
-        hw = image_shape[2:4] if self.image_layout == "NCHW" else image_shape[1:3]
-        kind, classes = self._target_feed([c for t in per_image for c in t], len(per_image) * count)
-        names = head_explainer.raw_outputs + [CAM_OUTPUT, head_explainer.class_output]
-        results = dict(zip(names, self._head_session(kind, head_explainer).run(names, {
-            **repeated, head_explainer.target_input: classes, IMAGE_SIZE_INPUT: np.asarray(hw, np.int64)})))
-        self.runs["head"] += 1
-        split = lambda a: a.reshape(len(per_image), count, *a.shape[1:])  # noqa: E731
-        return Explanation(cams=split(results[CAM_OUTPUT]),
-                           raw={key: split(results[name]) for key, name in zip(self.layer_keys,
-                                                                               head_explainer.raw_outputs)},
-                           outputs={}, classes=split(results[head_explainer.class_output]), layers=list(self.layers))
-
-    def _head_parts(self):
-        if "head" not in self._built:
-            head = cut_head(self.view, [layer.tensor for layer in self.layers], self.output)
-            self._head = head
-            head_view = GraphView(normalize(head.model))
-            self._built["head"] = build_explainer_model(head_view, self.layers, self.output, self.method, "class",
-                                                        image=None)
-            self._body_model = extend_model(self.view.model, [], outputs=[
-                tensor_info(name, self.view.elem_type(name), self.view.shape(name))
-                for name in head.inputs if name not in self.view.output_names])
-        return self._head, self._body_model, self._built["head"]
-
-    def _body_session(self, body: onnx.ModelProto):
-        if "body" not in self._sessions:
-            self._sessions["body"] = self._make_session(body)
-        return self._sessions["body"]
-
-    def _head_session(self, kind: str, head_explainer: ExplainerModel):
-        if kind != "class":
-            raise ValueError("several targets per image take class indices")
-        if "head" not in self._sessions:
-            self._sessions["head"] = self._make_session(head_explainer.model)
-        return self._sessions["head"]
-
-
 AUG_FACTORS = (0.9, 1.0, 1.1)
 """Brightness factors of ``aug_smooth`` (ttach's Multiply, as pytorch-grad-cam uses it)."""
-
-
-def _out_of_memory(error: Exception) -> bool:
-    text = str(error).lower()
-    return "failed to allocate" in text or "bad_alloc" in text or "bad allocation" in text
-
-
-def _rows(feeds: dict, start: int, stop: int) -> dict:
-    return {name: value[start:stop] for name, value in feeds.items()}
-
-
-def _target_rows(targets, start: int, stop: int, batch: int):
-    """The targets of images ``start:stop``: per-image targets are sliced, one target for all is kept."""
-    if isinstance(targets, np.ndarray) and targets.ndim > 0 and len(targets) == batch:
-        return targets[start:stop]
-    if isinstance(targets, (list, tuple)) and len(targets) == batch:
-        return list(targets[start:stop])
-    return targets
-
-
-def _join(parts: list) -> "Explanation":
-    def cat(values):
-        return None if values[0] is None else np.concatenate(values)
-
-    first = parts[0]
-    return Explanation(cams=cat([p.cams for p in parts]),
-                       raw={key: cat([p.raw[key] for p in parts]) for key in first.raw},
-                       outputs={key: cat([p.outputs[key] for p in parts]) for key in first.outputs},
-                       classes=cat([p.classes for p in parts]), layers=first.layers)
-
-
-def _as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
-    """A layer's tensor as an NCHW map (token activations laid on their grid first)."""
-    if layer.tokens is not None:
-        grid = layer.tokens
-        values = values[:, grid.skip:].reshape(len(values), grid.height, grid.width, -1)
-    return _map_as_nchw(values, layer)
-
-
-def _map_as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:
-    """A tensor already laid out as the layer's map (tokens on their grid) as NCHW."""
-    return values.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else values
-
-
-def _from_nchw(maps: np.ndarray, layer: Layer, original: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`_as_nchw`; skipped tokens are taken from ``original`` (one image's tensor)."""
-    if layer.tokens is not None:
-        tokens = maps.transpose(0, 2, 3, 1).reshape(len(maps), -1, maps.shape[1])
-        skipped = np.repeat(original[None, :layer.tokens.skip], len(maps), axis=0)
-        return np.concatenate([skipped, tokens], axis=1)
-    return maps.transpose(0, 2, 3, 1) if layer.layout == "NHWC" else maps
-
-
-def _several_per_image(targets) -> bool:
-    return isinstance(targets, (list, tuple)) and len(targets) > 0 and all(
-        isinstance(t, (list, tuple, np.ndarray)) for t in targets)
 
 
 def _load_light(model: ModelLike) -> tuple[onnx.ModelProto, dict]:

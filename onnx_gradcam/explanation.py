@@ -1,0 +1,66 @@
+"""What an Explainer returns, and how results of a batch explained in chunks are put back together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .graph.layers import Layer
+
+Images = Union[np.ndarray, Mapping[str, np.ndarray]]
+Targets = Union[None, int, Sequence[int], np.ndarray]
+
+
+@dataclass
+class Explanation:
+    """What one call of an :class:`Explainer` returns.
+
+    ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (keyed by the
+    name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
+    the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
+    """
+
+    cams: np.ndarray
+    raw: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    classes: Optional[np.ndarray]
+    layers: list[Layer] = field(default_factory=list)
+
+
+@dataclass
+class LayerGradients:
+    """A layer's activations and d(target)/d(activations), both in the layer's own layout."""
+
+    activations: np.ndarray
+    gradients: np.ndarray
+
+
+def out_of_memory(error: Exception) -> bool:
+    text = str(error).lower()
+    return "failed to allocate" in text or "bad_alloc" in text or "bad allocation" in text
+
+
+def rows(feeds: dict, start: int, stop: int) -> dict:
+    return {name: value[start:stop] for name, value in feeds.items()}
+
+
+def target_rows(targets, start: int, stop: int, batch: int):
+    """The targets of images ``start:stop``: per-image targets are sliced, one target for all is kept."""
+    if isinstance(targets, np.ndarray) and targets.ndim > 0 and len(targets) == batch:
+        return targets[start:stop]
+    if isinstance(targets, (list, tuple)) and len(targets) == batch:
+        return list(targets[start:stop])
+    return targets
+
+
+def join(parts: list) -> Explanation:
+    def cat(values):
+        return None if values[0] is None else np.concatenate(values)
+
+    first = parts[0]
+    return Explanation(cams=cat([p.cams for p in parts]),
+                       raw={key: cat([p.raw[key] for p in parts]) for key in first.raw},
+                       outputs={key: cat([p.outputs[key] for p in parts]) for key in first.outputs},
+                       classes=cat([p.classes for p in parts]), layers=first.layers)
