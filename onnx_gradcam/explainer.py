@@ -201,6 +201,11 @@ class Explainer(HostMethods, SeveralTargets):
         self.runs["explainer"] += 1
         return built, dict(zip(names, results))
 
+    def _image_size(self, feeds: dict) -> tuple[int, int]:
+        """(H, W) of the image input in ``feeds``."""
+        shape = feeds[self.image_input].shape
+        return shape[2:4] if self.image_layout == "NCHW" else shape[1:3]
+
     def _feeds(self, images: Images) -> dict[str, np.ndarray]:
         inputs = self.view.input_names
         if isinstance(images, Mapping):

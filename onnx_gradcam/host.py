@@ -16,7 +16,7 @@ from . import maps
 from .autodiff.emit import Emitter
 from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT
 from .explanation import Explanation, Images, Targets
-from .graph.assemble import extend_model, tensor_info
+from .graph.assemble import tensor_info, with_outputs
 from .graph.head import cut_head
 from .graph.layers import Layer
 from .graph.model import set_ir_version
@@ -33,7 +33,7 @@ class HostMethods:
         feeds = self._feeds(images)
         wanted = (lambda b: b.contribution_outputs) if self.method not in HOST_METHODS else (
             lambda b: b.activation_outputs + b.gradient_outputs)
-        built, values = self._run(images, targets, lambda b: b.model_outputs + wanted(b) +
+        built, values = self._run(feeds, targets, lambda b: b.model_outputs + wanted(b) +
                                   ([b.class_output] if b.class_output else []))
         outputs = values[self.output]
         seeds = self._seeds(targets, outputs, values.get(built.class_output) if built.class_output else None)
@@ -52,9 +52,7 @@ class HostMethods:
             else:
                 raw = self._ablation_cam(layer, activations, values[layer.tensor], feeds, seeds, outputs)
             raws.append(raw)
-        image = feeds[self.image_input]
-        size = image.shape[2:4] if self.image_layout == "NCHW" else image.shape[1:3]
-        return Explanation(cams=self._finish(raws, size), raw=dict(zip(self.layer_keys, raws)),
+        return Explanation(cams=self._finish(raws, self._image_size(feeds)), raw=dict(zip(self.layer_keys, raws)),
                            outputs={name: values[name] for name in built.model_outputs},
                            classes=values.get(built.class_output) if built.class_output else None,
                            layers=list(self.layers))
@@ -74,10 +72,10 @@ class HostMethods:
         others = {name: value for name, value in feeds.items() if name != self.image_input}
 
         def score(masked: np.ndarray, index: int) -> np.ndarray:
-            rows = {name: np.repeat(value[index:index + 1], len(masked), axis=0) for name, value in others.items()}
-            (out,) = session.run([self.output], {**rows, self.image_input: masked.astype(np.float32)})
+            (out,) = session.run([self.output], {**_repeated_row(others, index, len(masked)),
+                                                 self.image_input: masked.astype(np.float32)})
             self.runs["model"] += 1
-            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
+            return _scores(out, seeds[index])
 
         weights = perturbation.score_cam_weights(activations, feeds[self.image_input], self.image_layout == "NCHW",
                                                  score, self.batch_size)
@@ -95,21 +93,19 @@ class HostMethods:
         self.runs["body"] += bool(boundary)
 
         def score(ablated: np.ndarray, index: int) -> np.ndarray:
-            rows = {name: np.repeat(value[index:index + 1], len(ablated), axis=0) for name, value in boundary.items()}
             layer_rows = from_nchw(ablated, layer, original[index]).astype(original.dtype)
-            (out,) = session.run([self.output], {**rows, layer.tensor: layer_rows})
+            (out,) = session.run([self.output], {**_repeated_row(boundary, index, len(ablated)),
+                                                 layer.tensor: layer_rows})
             self.runs["head"] += 1
-            return (out * seeds[index]).reshape(len(out), -1).sum(axis=1)
+            return _scores(out, seeds[index])
 
-        scores = (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
+        scores = _scores(outputs, seeds)
         weights = perturbation.ablation_cam_weights(activations, scores, score, self.batch_size)
         return self._weighted(weights, activations)
 
     def _model_session(self):
         if "model" not in self._sessions:
-            model = extend_model(self.view.model, [], keep_outputs=False, outputs=[
-                tensor_info(self.output, self.view.elem_type(self.output), self.view.shape(self.output))])
-            self._sessions["model"] = self._make_session(model)
+            self._sessions["model"] = self._make_session(with_outputs(self.view, [self.output]))
         return self._sessions["model"]
 
     def _head_for(self, layer: Layer):
@@ -117,10 +113,8 @@ class HostMethods:
         key = f"ablation/{layer.tensor}"
         if key not in self._sessions:
             head = cut_head(self.view, [layer.tensor], self.output)
-            body = extend_model(self.view.model, [], keep_outputs=False, outputs=[
-                tensor_info(name, self.view.elem_type(name), self.view.shape(name)) for name in head.inputs[1:]])
-            self._sessions[key] = (head, self._make_session(body) if head.inputs[1:] else None,
-                                   self._make_session(head.model))
+            body = self._make_session(with_outputs(self.view, head.inputs[1:])) if head.inputs[1:] else None
+            self._sessions[key] = (head, body, self._make_session(head.model))
         return self._sessions[key]
 
     def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:
@@ -140,6 +134,16 @@ class HostMethods:
         feeds = {f"raw_{i}": raw.astype(np.float32) for i, raw in enumerate(raws)}
         (cams,) = self._sessions[key].run([CAM_OUTPUT], {**feeds, IMAGE_SIZE_INPUT: np.asarray(size, np.int64)})
         return cams
+
+
+def _scores(outputs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The target's score per row: sum(seed * output) (a one-hot seed picks a class's logit)."""
+    return (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
+
+
+def _repeated_row(values: dict, index: int, count: int) -> dict:
+    """Image ``index``'s row of every array in ``values``, repeated ``count`` times."""
+    return {name: np.repeat(value[index:index + 1], count, axis=0) for name, value in values.items()}
 
 
 def as_nchw(values: np.ndarray, layer: Layer) -> np.ndarray:

@@ -11,7 +11,7 @@ import onnx
 
 from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT, ExplainerModel, build_explainer_model
 from .explanation import Explanation, Images, Targets
-from .graph.assemble import extend_model, tensor_info
+from .graph.assemble import with_outputs
 from .graph.head import cut_head
 from .graph.model import normalize
 from .graph.view import GraphView
@@ -32,16 +32,17 @@ class SeveralTargets:
         if len(counts) != 1:
             raise ValueError("give every image the same number of targets")
         (count,) = counts
+        kind, classes = self._target_feed([c for t in per_image for c in t], len(per_image) * count)
+        if kind != "class":  # checked before the body runs
+            raise ValueError("several targets per image take class indices")
         head, body, head_explainer = self._head_parts()
         values = dict(zip(head.inputs, self._body_session(body).run(head.inputs, feeds)))
         self.runs["body"] += 1
         repeated = {name: np.repeat(value, count, axis=0) for name, value in values.items()}
-        image_shape = next(iter(feeds.values())).shape if len(feeds) == 1 else feeds[self.image_input].shape
-        hw = image_shape[2:4] if self.image_layout == "NCHW" else image_shape[1:3]
-        kind, classes = self._target_feed([c for t in per_image for c in t], len(per_image) * count)
         names = head_explainer.raw_outputs + [CAM_OUTPUT, head_explainer.class_output]
-        results = dict(zip(names, self._head_session(kind, head_explainer).run(names, {
-            **repeated, head_explainer.target_input: classes, IMAGE_SIZE_INPUT: np.asarray(hw, np.int64)})))
+        results = dict(zip(names, self._head_session(head_explainer).run(names, {
+            **repeated, head_explainer.target_input: classes,
+            IMAGE_SIZE_INPUT: np.asarray(self._image_size(feeds), np.int64)})))
         self.runs["head"] += 1
         split = lambda a: a.reshape(len(per_image), count, *a.shape[1:])  # noqa: E731
         return Explanation(cams=split(results[CAM_OUTPUT]),
@@ -56,9 +57,7 @@ class SeveralTargets:
             head_view = GraphView(normalize(head.model))
             self._built["head"] = build_explainer_model(head_view, self.layers, self.output, self.method, "class",
                                                         image=None)
-            self._body_model = extend_model(self.view.model, [], outputs=[
-                tensor_info(name, self.view.elem_type(name), self.view.shape(name))
-                for name in head.inputs if name not in self.view.output_names])
+            self._body_model = with_outputs(self.view, head.inputs)
         return self._head, self._body_model, self._built["head"]
 
     def _body_session(self, body: onnx.ModelProto):
@@ -66,9 +65,7 @@ class SeveralTargets:
             self._sessions["body"] = self._make_session(body)
         return self._sessions["body"]
 
-    def _head_session(self, kind: str, head_explainer: ExplainerModel):
-        if kind != "class":
-            raise ValueError("several targets per image take class indices")
+    def _head_session(self, head_explainer: ExplainerModel):
         if "head" not in self._sessions:
             self._sessions["head"] = self._make_session(head_explainer.model)
         return self._sessions["head"]

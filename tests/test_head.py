@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from converters.pytorch import export
-from onnx_gradcam.graph.assemble import extend_model, tensor_info
+from onnx_gradcam.graph.assemble import with_outputs
 from onnx_gradcam.graph.head import cut_head
 from onnx_gradcam.graph.model import load_model, normalize
 from onnx_gradcam.graph.view import GraphView
@@ -22,8 +22,7 @@ def view(tmp_path_factory):
 
 
 def _run_with_outputs(view, names, images):
-    model = extend_model(view.model, [], outputs=[tensor_info(n, view.elem_type(n), view.shape(n))
-                                                  for n in names if n not in view.output_names])
+    model = with_outputs(view, [*names, "output"])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": images})))
 

@@ -32,3 +32,10 @@ def extend_model(model: ModelProto, nodes: Sequence[NodeProto], initializers: Se
 def tensor_info(name: str, elem_type: int, shape) -> ValueInfoProto:
     """A ValueInfo; ``None`` dims become unnamed dynamic dims."""
     return helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape))
+
+
+def with_outputs(view, names) -> ModelProto:
+    """``view``'s model computing exactly the tensors ``names`` as its outputs (a body for a cut-out head,
+    or the model restricted to one output)."""
+    return extend_model(view.model, [], keep_outputs=False,
+                        outputs=[tensor_info(name, view.elem_type(name), view.shape(name)) for name in names])
