@@ -1,9 +1,12 @@
-"""Pictures of maps: colormaps and overlays with pillow and numpy only (no OpenCV)."""
+"""Pictures of maps: colormaps, overlays and labelled comparison grids, with pillow and numpy only (no OpenCV)."""
 
 from __future__ import annotations
 
+import math
+from typing import Mapping, Optional
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # Control points (position, r, g, b) of the colormaps, interpolated linearly.
 _COLORMAPS = {
@@ -30,13 +33,44 @@ def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
     """Blend the coloured ``cam`` over ``image`` ((H, W, 3) uint8, or floats in [0, 1]); ``alpha`` is the
     map's opacity. The map is resized to the image if their sizes differ."""
-    picture = np.asarray(image)
-    if picture.dtype != np.uint8:
-        picture = np.round(np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8)
-    if picture.ndim == 2:
-        picture = np.repeat(picture[..., None], 3, axis=-1)
+    picture = _rgb(image)
     colors = colorize(cam, colormap)
     if colors.shape[:2] != picture.shape[:2]:
         colors = np.asarray(Image.fromarray(colors).resize(picture.shape[1::-1], Image.BILINEAR))
     blended = (1 - alpha) * picture.astype(np.float64) + alpha * colors.astype(np.float64)
     return Image.fromarray(np.round(blended).astype(np.uint8))
+
+
+def _rgb(image) -> np.ndarray:
+    """(H, W, 3) uint8 from uint8 or [0, 1] float pixels, grey or colour."""
+    picture = np.asarray(image)
+    if picture.dtype != np.uint8:
+        picture = np.round(np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(picture[..., None], 3, axis=-1) if picture.ndim == 2 else picture
+
+
+def grid(image: np.ndarray, maps: Mapping[str, np.ndarray], columns: Optional[int] = None, alpha: float = 0.5,
+         colormap: str = "jet", cell: int = 224, show_image: bool = True) -> Image.Image:
+    """One labelled picture comparing several maps of one image (layers, methods, targets).
+
+    ``maps``: label -> (H, W) map in [0, 1]; each becomes an overlay of ``cell`` pixels' width with its label
+    above it. ``show_image`` puts the plain image first, labelled "image". ``columns``: overlays per row
+    (default: as square a grid as fits).
+    """
+    if not maps:
+        raise ValueError("grid needs at least one map")
+    picture = Image.fromarray(_rgb(image))
+    tiles = ([("image", picture)] if show_image else []) + [
+        (label, overlay(picture, cam, alpha, colormap)) for label, cam in maps.items()]
+    columns = columns or math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / columns)
+    height = round(cell * picture.height / picture.width)
+    font = ImageFont.load_default(size=max(10, cell // 14))
+    label_height = font.getbbox("Ag")[3] + 6
+    sheet = Image.new("RGB", (columns * cell, rows * (height + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (label, tile) in enumerate(tiles):
+        x, y = (index % columns) * cell, (index // columns) * (height + label_height)
+        draw.text((x + cell // 2, y + 3), label, fill="black", font=font, anchor="mt")
+        sheet.paste(tile.resize((cell, height), Image.BILINEAR), (x, y + label_height))
+    return sheet
