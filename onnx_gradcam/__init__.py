@@ -11,6 +11,7 @@ from typing import Optional, Union
 from . import metadata as _metadata
 from .autodiff import UnsupportedOperatorError, gradient_model, supported_ops
 from .explainer import Explainer, Explanation, LayerGradients
+from .export import export_explainer, export_triton
 from .graph.layers import Layer, TokenGrid, candidate_layers
 from .targets import Detection, Mask, Probability
 from .graph.model import ModelLike, load_model, normalize
@@ -28,4 +29,4 @@ def list_layers(model: ModelLike, output: Union[str, int, None] = None) -> list[
 
 
 __all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Probability", "TokenGrid",
-           "UnsupportedOperatorError", "gradient_model", "list_layers", "supported_ops"]
+           "UnsupportedOperatorError", "export_explainer", "export_triton", "gradient_model", "list_layers", "supported_ops"]

@@ -9,7 +9,7 @@ from onnx import ModelProto, TensorProto, helper
 
 from .autodiff import backward
 from .autodiff.emit import Emitter
-from .graph.assemble import extend_model, tensor_info
+from .graph.assemble import extend_model, keep_outputs, tensor_info
 from .graph.layers import Layer
 from .graph.view import GraphView
 from .maps import combine, image_size, normalize, upsample
@@ -51,7 +51,7 @@ class ExplainerModel:
     model: ModelProto
     layers: list[Layer]
     output: str
-    target_input: str
+    target_input: Optional[str]
     model_outputs: list[str]
     class_output: Optional[str]
     has_maps: bool = True
@@ -79,7 +79,8 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
     """The forward graph plus the head's backward pass and, for a gradient ``method``, the maps.
 
     ``target``: ``"class"`` (int64 class per image, -1 for the top class), ``"probability"`` (the same classes'
-    softmax probabilities) or ``"seed"`` (a float seed shaped like ``output``). ``image``: the input whose
+    softmax probabilities), ``"top"`` (always the top class, no target input) or ``"seed"`` (a float seed
+    shaped like ``output``). ``image``: the input whose
     (H, W) maps are upsampled to; None adds an int64 ``image_size`` input instead (for head models).
     ``method`` None leaves the maps to the host: activations and gradients only. ``contributions_only``
     stops a gradient method at its per-channel contributions (``contrib/<layer>``), for the host's SVD
@@ -89,13 +90,14 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
     elem_type = view.elem_type(output)
     e = Emitter("explain/", view.all_tensor_names() | {o for n in view.nodes for o in n.output})
     inputs = []
-    if target in ("class", "probability"):
+    if target in ("class", "probability", "top"):
         if view.rank(output) != 2:
             raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
                              "Give a seed array, a Mask or a Detection target instead")
-        target_input = CLASS_INPUT
-        inputs.append(tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]]))
-        seed, chosen = class_seed(e, output, CLASS_INPUT, elem_type, probability=target == "probability")
+        target_input = None if target == "top" else CLASS_INPUT
+        if target_input:
+            inputs.append(tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]]))
+        seed, chosen = class_seed(e, output, target_input, elem_type, probability=target == "probability")
     else:
         target_input, seed, chosen = SEED_INPUT, SEED_INPUT, None
         inputs.append(tensor_info(SEED_INPUT, elem_type, view.shape(output)))
@@ -140,3 +142,11 @@ def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str,
                          grads.initializers + e.initializers, inputs=inputs, outputs=outputs)
     return ExplainerModel(model, list(layers), output, target_input, view.output_names, chosen and CLASS_OUTPUT,
                           has_maps=bool(finals))
+
+
+def deployable_model(built: ExplainerModel) -> ModelProto:
+    """The explainer model as it is deployed: the original inputs (plus ``target_class`` where the explainer
+    takes one), the original outputs plus ``cam``; activations, gradients and raw maps are left out."""
+    if not built.has_maps:
+        raise ValueError("this explainer model computes no maps in the graph (a host method)")
+    return keep_outputs(built.model, built.model_outputs + [CAM_OUTPUT])

@@ -1,4 +1,4 @@
-"""The ``onnx-gradcam`` command line: ``layers``, ``explain``, ``convert``.
+"""The ``onnx-gradcam`` command line: ``layers``, ``explain``, ``export``, ``convert``.
 
 ``convert`` is the one command that needs a training framework: it imports the ``converters`` package
 (and torch or TensorFlow) only when it runs; the others need ONNX Runtime alone.
@@ -14,10 +14,11 @@ from typing import Optional, Sequence
 
 from . import list_layers
 from .autodiff import UnsupportedOperatorError
-from .explainer import Explainer
+from .explainer import EXPORT_TARGETS, Explainer
+from .export import export_explainer, export_triton
 from .files import explain_files, find_images, preprocessing_for
 from .images import IMAGENET_MEAN, IMAGENET_STD
-from .methods import METHODS
+from .methods import GRADIENT_METHODS, METHODS
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,20 +32,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnx-gradcam", description="Grad-CAM for ONNX models on ONNX Runtime.")
+    parser = argparse.ArgumentParser(
+        prog="onnx-gradcam", description="Grad-CAM and its family for ONNX models, on ONNX Runtime.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     layers = commands.add_parser("layers", help="list the candidate target layers of an ONNX model")
     layers.add_argument("model", help="the ONNX model")
-    layers.add_argument("--output", help="the model output to explain (name); the first by default")
+    layers.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
     layers.set_defaults(run=_layers)
 
     explain = commands.add_parser("explain", help="explain images with an ONNX model; writes overlays, maps and "
-                                                  "summary.json")
+                                                  "summary.json/.csv")
     explain.add_argument("model", help="the ONNX model")
     explain.add_argument("images", nargs="+", help="image files or folders of images")
     _explain_options(explain, layer_flag="--layer", out_required=True)
     explain.set_defaults(run=_explain)
+
+    export = commands.add_parser("export", help="write the explainer as a standalone ONNX model (original outputs "
+                                                "plus 'cam'), or as a Triton Inference Server model repository")
+    export.add_argument("model", help="the ONNX model")
+    export.add_argument("-o", "--onnx", metavar="FILE", help="where to write the explainer model")
+    export.add_argument("--triton", metavar="DIR", help="write a Triton model repository entry DIR/NAME/1/model.onnx "
+                                                        "with its config.pbtxt")
+    export.add_argument("--name", help="Triton model name (default: the model file's name and the method)")
+    export.add_argument("--max-batch-size", type=int, default=8, metavar="N", help="Triton max_batch_size (default 8; 0 for a "
+                                                                       "model with a fixed batch size)")
+    export.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
+                        help="layer to explain at (default auto: the last conv block); repeat to average layers")
+    export.add_argument("--method", default="gradcam", choices=GRADIENT_METHODS, metavar="METHOD",
+                        help=f"gradient CAM method: {', '.join(GRADIENT_METHODS)} (default gradcam)")
+    export.add_argument("--targets", default="top", choices=EXPORT_TARGETS,
+                        help="top: explain each image's top class; input: add an int64 target_class input "
+                             "(default top)")
+    export.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
+    export.set_defaults(run=_export)
 
     convert = commands.add_parser("convert", help="convert a PyTorch or Keras model to ONNX with layers kept as "
                                                   "named outputs (and optionally explain images with it)")
@@ -63,24 +85,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXAMPLES = """examples:
+  onnx-gradcam layers model.onnx
+  onnx-gradcam explain model.onnx photos/ --out explained --method gradcam++
+  onnx-gradcam export model.onnx -o explainer.onnx --targets input
+  onnx-gradcam export model.onnx --triton model_repository
+  onnx-gradcam convert resnet50 -o resnet50.onnx --layer layer4 --explain photos/
+
+`python -m onnx_gradcam` runs the same commands. `onnx-gradcam COMMAND --help` lists a command's options."""
+
+
 def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_required: bool) -> None:
     parser.add_argument("--out", required=out_required,
-                        help="output folder for overlays, maps and summary.json" +
+                        help="output folder for overlays, maps, summary.json and summary.csv" +
                              ("" if out_required else " (default: beside the ONNX model)"))
-    parser.add_argument(layer_flag, dest="explain_layer", default="auto",
-                        help="layer to explain at (default auto: the last conv block; for convert, the last --layer)")
+    parser.add_argument(layer_flag, dest="explain_layer", default="auto", metavar="LAYER",
+                        help="layer to explain at: a framework name or tensor name, see `onnx-gradcam layers` "
+                             "(default auto: the last conv block; for convert, the last --layer)")
     parser.add_argument("--method", default="gradcam", choices=METHODS, metavar="METHOD",
                         help=f"CAM method: {', '.join(METHODS)} (default gradcam)")
     parser.add_argument("--eigen-smooth", action="store_true", help="first principal component instead of the sum")
     parser.add_argument("--aug-smooth", action="store_true", help="average over flips and brightness changes")
-    parser.add_argument("--target", type=int, help="class to explain for every image (default: the top class)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H W")
-    parser.add_argument("--mean", type=float, nargs=3, help="per-channel mean after scaling to [0, 1]")
-    parser.add_argument("--std", type=float, nargs=3, help="per-channel std after scaling to [0, 1]")
-    parser.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects")
+    parser.add_argument("--target", type=int, metavar="CLASS",
+                        help="class to explain for every image (default: each image's top class)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="resize images to H W (default: from the model's metadata or its input shape)")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="per-channel mean subtracted after scaling pixels to [0, 1] (default: metadata, else 0)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="per-channel std divided by after the mean (default: metadata, else 1)")
+    parser.add_argument("--channel-order", choices=["RGB", "BGR"],
+                        help="channel order the model expects (default: metadata, else RGB)")
+    parser.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout (default: from the "
+                                                                   "model's metadata or its input shape)")
+    parser.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
     parser.add_argument("--alpha", type=float, default=0.5, help="map opacity in overlays (default 0.5)")
-    parser.add_argument("--colormap", default="jet", choices=["jet", "turbo", "viridis"])
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--colormap", default="jet", choices=["jet", "turbo", "viridis"],
+                        help="overlay colormap (default jet)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+                        help="images per ONNX Runtime run (default 16)")
 
 
 def _layers(args) -> int:
@@ -99,7 +142,8 @@ def _explain(args) -> int:
 
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
-    explainer = Explainer(model_path, layer=args.explain_layer, method=args.method, eigen_smooth=args.eigen_smooth)
+    explainer = Explainer(model_path, layer=args.explain_layer, method=args.method, output=args.output,
+                          eigen_smooth=args.eigen_smooth, layout=args.layout)
     overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
     outcomes = explain_files(explainer, find_images(image_args), args.out, args.target,
                              preprocessing_for(explainer, overrides), args.batch_size, args.alpha, args.colormap,
@@ -109,6 +153,19 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
         print(f"skipped {outcome.image}: {outcome.error}", file=sys.stderr)
     print(f"explained {len(outcomes) - len(failed)} of {len(outcomes)} images at "
           f"{', '.join(explainer.layer_keys)}; wrote {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    if not (args.onnx or args.triton):
+        raise ValueError("say where to write the explainer: -o FILE.onnx, --triton DIR, or both")
+    options = {"layer": args.layers or "auto", "method": args.method, "targets": args.targets, "output": args.output}
+    if args.onnx:
+        export_explainer(args.model, args.onnx, **options)
+        print(f"wrote {args.onnx}")
+    if args.triton:
+        folder = export_triton(args.model, args.triton, name=args.name, max_batch_size=args.max_batch_size, **options)
+        print(f"wrote {folder}/1/model.onnx and {folder}/config.pbtxt")
     return 0
 
 

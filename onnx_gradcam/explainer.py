@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from . import metadata as metadata_schema
-from .build import CAM_OUTPUT, ExplainerModel, build_explainer_model
+from .build import CAM_OUTPUT, ExplainerModel, build_explainer_model, deployable_model
 from .explanation import Explanation, Images, LayerGradients, Targets, join, out_of_memory, rows, target_rows
 from .graph import weights
 from .graph.layers import TokenGrid, candidate_layers, resolve_layer
@@ -17,7 +17,7 @@ from .graph.layout import guess_input_layout
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
 from .host import HostMethods
-from .methods import HOST_METHODS, check_method
+from .methods import GRADIENT_METHODS, HOST_METHODS, check_method
 from .runtime import Providers, default_options, make_session, resolve_providers
 from .several import SeveralTargets, several_per_image
 from .targets import TOP_CLASS, Detection, Mask, Probability
@@ -43,12 +43,15 @@ class Explainer(HostMethods, SeveralTargets):
         max_batch: the most images per session run; larger batches are split (None: as many as fit).
         eigen_smooth: the map is the first principal component of the method's per-channel contributions
             (on the host) instead of their sum, as pytorch-grad-cam's ``eigen_smooth``.
+        layout: the image input's layout, ``"NCHW"`` or ``"NHWC"`` (default: from the model's metadata, else
+            guessed from where its 1 or 3 channels sit).
     """
 
     def __init__(self, model: ModelLike, layer: Union[str, Sequence[str]] = "auto", method: str = "gradcam",
                  output: Union[str, int, None] = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
-                 batch_size: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False):
+                 batch_size: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False,
+                 layout: Optional[str] = None):
         self._source = model
         light, self._weights = _load_light(model)
         self.view = GraphView(normalize(light))
@@ -65,7 +68,7 @@ class Explainer(HostMethods, SeveralTargets):
         self.batch_size = batch_size
         self.max_batch = max_batch
         self.eigen_smooth = eigen_smooth
-        self.image_input, self.image_layout = _image_input(self.view, self.metadata)
+        self.image_input, self.image_layout = _image_input(self.view, self.metadata, layout)
         self.providers = resolve_providers(providers)
         if session_options is not None and not callable(session_options):
             raise TypeError("session_options takes a function returning onnxruntime.SessionOptions (each "
@@ -86,11 +89,46 @@ class Explainer(HostMethods, SeveralTargets):
         return self._built[target]
 
     def save(self, path: str, target: str = "class") -> None:
-        """Write the explainer model, weights included: it runs in any ONNX Runtime, without this package."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.explainer_model(target).model)
-        weights.attach(model, self._take_weights())
-        onnx.save(model, path, save_as_external_data=model.ByteSize() > 2**31 - 2**26)
+        """Write the whole explainer model (activations, gradients, raw maps and ``cam``), weights included.
+
+        To deploy, :meth:`export` writes the leaner model that computes only the original outputs and ``cam``.
+        """
+        self._write(self.explainer_model(target).model, path)
+
+    def export(self, path: str, targets: str = "top") -> None:
+        """Write a standalone ONNX model for deployment: the original inputs, the original outputs plus ``cam``
+        ((N, H, W) float in [0, 1], at the image's size), for any batch size the model takes.
+
+        ``targets``: ``"top"`` explains each image's top class; ``"input"`` adds an int64 input
+        ``target_class`` (N,) with the class to explain per image (-1: the top class). It runs on a stock
+        ONNX Runtime (no custom ops), without this package or a training framework. Gradient methods only:
+        the others need the host between model runs.
+        """
+        self._write(self.exported_model(targets), path)
+
+    def exported_model(self, targets: str = "top") -> onnx.ModelProto:
+        """The model :meth:`export` writes, with its large weights left out (placeholders): its graph, inputs,
+        outputs and metadata."""
+        if targets not in EXPORT_TARGETS:
+            raise ValueError(f"targets={targets!r}: use 'top' (each image's top class) or 'input' (a "
+                             "target_class input)")
+        if self._on_host:
+            raise ValueError(f"{self.method}{' with eigen_smooth' if self.eigen_smooth else ''} needs work on the "
+                             "host between model runs and cannot be exported as one ONNX model; exportable methods: "
+                             f"{', '.join(GRADIENT_METHODS)}")
+        model = deployable_model(self.explainer_model("top" if targets == "top" else "class"))
+        meta = metadata_schema.read(model)
+        meta.explainer = {"method": self.method, "layers": list(self.layer_keys), "output": self.output,
+                          "targets": targets}
+        metadata_schema.write(model, meta)
+        return model
+
+    def _write(self, model: onnx.ModelProto, path: str) -> None:
+        """Save ``model`` with the weights put back (external data only past protobuf's 2 GiB limit)."""
+        complete = onnx.ModelProto()
+        complete.CopyFrom(model)
+        weights.attach(complete, self._take_weights())
+        onnx.save(complete, path, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
 
     def _layers_after(self, node: onnx.NodeProto) -> list[str]:
         """Candidate layers computed by ``node`` or after it, nearest first (for the no-rule error)."""
@@ -255,6 +293,7 @@ class Explainer(HostMethods, SeveralTargets):
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self.view.elem_type(self.output))
         return np.stack([target.seed(shape, dtype) for target in targets])
 
+EXPORT_TARGETS = ("top", "input")
 AUG_FACTORS = (0.9, 1.0, 1.1)
 """Brightness factors of ``aug_smooth`` (ttach's Multiply, as pytorch-grad-cam uses it)."""
 
@@ -279,10 +318,13 @@ def _resolve_output(view: GraphView, output: Union[str, int, None]) -> str:
     return output
 
 
-def _image_input(view: GraphView, meta: metadata_schema.Metadata) -> tuple[str, str]:
-    """The first float rank-4 input, and its layout (from metadata, else guessed from where channels sit)."""
+def _image_input(view: GraphView, meta: metadata_schema.Metadata, layout: Optional[str]) -> tuple[str, str]:
+    """The first float rank-4 input, and its layout (as given, from metadata, else guessed from where channels
+    sit)."""
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ValueError(f"layout={layout!r}: the image input's layout is 'NCHW' or 'NHWC'")
     for name in view.input_names:
         shape = view.shape(name)
         if view.is_float(name) and shape is not None and len(shape) == 4:
-            return name, meta.input_layout or guess_input_layout(shape)
+            return name, layout or meta.input_layout or guess_input_layout(shape)
     raise ValueError(f"the model has no image input of rank 4; its inputs are {view.input_names}")

@@ -13,6 +13,9 @@ One key, ``onnx_gradcam``, holds a JSON object::
       "preprocessing": {                     # optional, given by the user at export
         "size": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "channel_order": "RGB"
+      },
+      "explainer": {                         # in exported explainer models: what ``cam`` explains
+        "method": "gradcam", "layers": ["layer4"], "output": "output", "targets": "top"
       }
     }
 
@@ -44,12 +47,13 @@ class Metadata:
     input_layout: Optional[str] = None
     layers: dict[str, LayerInfo] = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
+    explainer: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         body = {"version": VERSION, "framework": self.framework, "framework_version": self.framework_version,
                 "input_layout": self.input_layout,
                 "layers": {name: {"tensor": info.tensor, "layout": info.layout} for name, info in self.layers.items()},
-                "preprocessing": self.preprocessing}
+                "preprocessing": self.preprocessing, "explainer": self.explainer}
         return json.dumps({k: v for k, v in body.items() if v not in (None, {})}, sort_keys=True)
 
 
@@ -65,7 +69,7 @@ def read(model: ModelProto) -> Metadata:
                 framework=body.get("framework"), framework_version=body.get("framework_version"),
                 input_layout=body.get("input_layout"),
                 layers={name: LayerInfo(**info) for name, info in body.get("layers", {}).items()},
-                preprocessing=body.get("preprocessing", {}),
+                preprocessing=body.get("preprocessing", {}), explainer=body.get("explainer", {}),
             )
     return Metadata()
 

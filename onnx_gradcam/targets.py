@@ -67,15 +67,16 @@ class Detection:
         return seed
 
 
-def class_seed(e: Emitter, output: str, class_input: str, elem_type: int, probability: bool = False
+def class_seed(e: Emitter, output: str, class_input: Optional[str], elem_type: int, probability: bool = False
                ) -> tuple[str, str]:
-    """Seeds for a (N, classes) output from int64 class indices (-1: top class).
+    """Seeds for a (N, classes) output from int64 class indices (-1: top class; no ``class_input``: always
+    the top class).
 
     The logit's seed is one_hot(c); the softmax probability's is p_c * (one_hot(c) - p), its gradient
     with respect to the logits. Returns (seed, the class indices actually used).
     """
     top = e.op("ArgMax", output, axis=1, keepdims=0)
-    chosen = e.op("Where", e.op("Less", class_input, e.ints([0])), top, class_input)
+    chosen = top if class_input is None else e.op("Where", e.op("Less", class_input, e.ints([0])), top, class_input)
     depth = e.op("Shape", output, start=1, end=2)
     one_hot = e.op("Cast", e.op("OneHot", chosen, depth, e.const(np.array([0, 1], dtype=np.int64)), axis=-1),
                    to=elem_type)

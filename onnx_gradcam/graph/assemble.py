@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, helper
 
 from .model import set_ir_version
 
@@ -22,11 +22,16 @@ def extend_model(model: ModelProto, nodes: Sequence[NodeProto], initializers: Se
         initializer=list(graph.initializer) + list(initializers),
         value_info=list(graph.value_info),
     )
-    extended = helper.make_model(new_graph, opset_imports=list(model.opset_import), producer_name="onnx-gradcam")
-    extended.ir_version = model.ir_version
+    return _model_like(model, new_graph)
+
+
+def _model_like(model: ModelProto, graph: GraphProto) -> ModelProto:
+    """``graph`` as a model with ``model``'s opsets, IR version and metadata."""
+    result = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="onnx-gradcam")
+    result.ir_version = model.ir_version
     for prop in model.metadata_props:
-        extended.metadata_props.add().CopyFrom(prop)
-    return set_ir_version(extended)
+        result.metadata_props.add().CopyFrom(prop)
+    return set_ir_version(result)
 
 
 def tensor_info(name: str, elem_type: int, shape) -> ValueInfoProto:
@@ -39,3 +44,34 @@ def with_outputs(view, names) -> ModelProto:
     or the model restricted to one output)."""
     return extend_model(view.model, [], keep_outputs=False,
                         outputs=[tensor_info(name, view.elem_type(name), view.shape(name)) for name in names])
+
+
+def keep_outputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
+    """A copy of ``model`` with only the outputs ``names``, and without the nodes and initializers that no longer
+    contribute to them. The inputs stay as they are: they are the model's interface."""
+    infos = {info.name: info for info in model.graph.output}
+    missing = [name for name in names if name not in infos]
+    if missing:
+        raise ValueError(f"the model has no outputs {missing}; its outputs are {list(infos)}")
+    needed, kept = set(names), []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_names_read_by_subgraphs(node))
+    pruned = helper.make_graph(
+        kept[::-1], model.graph.name, list(model.graph.input), [infos[name] for name in names],
+        initializer=[t for t in model.graph.initializer if t.name in needed],
+        value_info=[v for v in model.graph.value_info if v.name in needed])
+    return _model_like(model, pruned)
+
+
+def _names_read_by_subgraphs(node: NodeProto) -> set[str]:
+    """Every tensor name that the node's subgraphs (If, Loop, Scan bodies) mention: they may read outer tensors."""
+    names = set()
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.type == AttributeProto.GRAPH else list(attribute.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(_names_read_by_subgraphs(inner))
+    return names
