@@ -1,11 +1,13 @@
-"""Explaining image files: read and preprocess them, explain in batches, write overlays, maps and a summary."""
+"""Explaining image files: read and preprocess them, explain in batches, write overlays, maps and a summary
+(summary.json and summary.csv)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -105,10 +107,22 @@ def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preproce
 
 
 def _write_summary(outcomes: list[Outcome], explainer: Explainer, out_dir: str) -> None:
-    summary = {"layers": list(explainer.layer_keys), "method": explainer.method,
+    """summary.json (nested, for programs) and summary.csv (one row per image, for spreadsheets)."""
+    layers = list(explainer.layer_keys)
+    summary = {"layers": layers, "method": explainer.method,
                "images": [{k: v for k, v in vars(o).items() if v is not None} for o in outcomes]}
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
+    columns = [f.name for f in fields(Outcome)]
+    with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns + ["layer", "method"])
+        for outcome in outcomes:
+            writer.writerow([_cell(getattr(outcome, c)) for c in columns] + ["+".join(layers), explainer.method])
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 def _progress(done: int, total: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -114,3 +115,38 @@ def test_unknown_method_is_refused_with_the_known_ones(converted, images, tmp_pa
     with pytest.raises(SystemExit):
         main(["explain", str(onnx_path), str(images), "--out", str(tmp_path), "--method", "gradkam"])
     assert "gradcam++" in capsys.readouterr().err
+
+
+def test_explain_a_folder_of_fifty_images_with_one_corrupt(converted, tmp_path, capsys):
+    onnx_path, _ = converted
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        size = (int(rng.integers(40, 120)), int(rng.integers(40, 120)))
+        pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo_{i:02d}.{'png' if i % 2 else 'jpg'}")
+    intact = (folder / "photo_01.png").read_bytes()
+    (folder / "photo_50.png").write_bytes(intact[:len(intact) // 2])  # truncated mid-file
+    out = tmp_path / "explained"
+    assert main(["explain", str(onnx_path), str(folder), "--out", str(out), "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "51/51 images" in captured.err and "skipped" in captured.err and "photo_50.png" in captured.err
+    assert "explained 50 of 51 images" in captured.out
+
+    overlays, maps = sorted(out.glob("*_cam.png")), sorted(out.glob("*_cam.npy"))
+    assert len(overlays) == 50 and len(maps) == 50
+    assert {p.name for p in overlays} == {f"photo_{i:02d}_cam.png" for i in range(50)}
+    assert all(Image.open(p).size == (64, 64) for p in overlays)
+    assert all(np.load(p).shape == (64, 64) for p in maps)
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv")) == ["summary.csv", "summary.json"]
+    rows = json.loads((out / "summary.json").read_text())["images"]
+    assert len(rows) == 51 and [r["image"].split("/")[-1] for r in rows if "error" in r] == ["photo_50.png"]
+    with open(out / "summary.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    layer = Explainer(str(onnx_path)).layer_keys[0]
+    assert len(table) == 51 and {(row["layer"], row["method"]) for row in table} == {(layer, "gradcam")}
+    explained = [row for row in table if not row["error"]]
+    assert len(explained) == 50
+    assert all(row["predicted_class"] == row["explained_class"] and row["predicted_class"] in {"0", "1", "2"}
+               and np.isfinite(float(row["score"])) for row in explained)
