@@ -150,3 +150,15 @@ def test_command_line_export_writes_the_model_and_the_repository(resnet, tmp_pat
 def test_command_line_export_needs_a_destination(resnet, capsys):
     assert main(["export", resnet[2]]) == 2
     assert "-o FILE.onnx, --triton DIR" in capsys.readouterr().err
+
+
+def test_exported_model_holds_no_dead_nodes_or_weights(resnet, tmp_path):
+    _, _, model_path = resnet
+    export_explainer(model_path, str(tmp_path / "lean.onnx"))
+    Explainer(model_path).save(str(tmp_path / "whole.onnx"))
+    lean, whole = onnx.load(str(tmp_path / "lean.onnx")), onnx.load(str(tmp_path / "whole.onnx"))
+    read = {name for node in lean.graph.node for name in node.input} | {o.name for o in lean.graph.output}
+    assert all(set(node.output) & read for node in lean.graph.node)  # every node feeds something kept
+    assert {t.name for t in lean.graph.initializer} <= read
+    assert len(lean.graph.node) < len(whole.graph.node)
+    assert {o.name for o in whole.graph.output} - {o.name for o in lean.graph.output} >= {"explained_class"}
