@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from . import list_layers
 from .autodiff import UnsupportedOperatorError
 from .explainer import EXPORT_TARGETS, Explainer
-from .export import export_explainer, export_triton
+from .export import default_name, explainer_to_export, write_triton_entry
 from .files import explain_files, find_images, preprocessing_for
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
@@ -159,12 +159,13 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
 def _export(args) -> int:
     if not (args.onnx or args.triton):
         raise ValueError("say where to write the explainer: -o FILE.onnx, --triton DIR, or both")
-    options = {"layer": args.layers or "auto", "method": args.method, "targets": args.targets, "output": args.output}
+    explainer = explainer_to_export(args.model, layer=args.layers or "auto", method=args.method, output=args.output)
     if args.onnx:
-        export_explainer(args.model, args.onnx, **options)
+        explainer.export(args.onnx, args.targets)
         print(f"wrote {args.onnx}")
     if args.triton:
-        folder = export_triton(args.model, args.triton, name=args.name, max_batch_size=args.max_batch_size, **options)
+        folder = write_triton_entry(explainer, args.triton, args.name or default_name(args.model, args.method),
+                                    args.targets, args.max_batch_size)
         print(f"wrote {folder}/1/model.onnx and {folder}/config.pbtxt")
     return 0
 

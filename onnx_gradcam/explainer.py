@@ -93,7 +93,7 @@ class Explainer(HostMethods, SeveralTargets):
 
         To deploy, :meth:`export` writes the leaner model that computes only the original outputs and ``cam``.
         """
-        self._write(self.explainer_model(target).model, path)
+        self.write(self.explainer_model(target).model, path)
 
     def export(self, path: str, targets: str = "top") -> None:
         """Write a standalone ONNX model for deployment: the original inputs, the original outputs plus ``cam``
@@ -104,7 +104,7 @@ class Explainer(HostMethods, SeveralTargets):
         ONNX Runtime (no custom ops), without this package or a training framework. Gradient methods only:
         the others need the host between model runs.
         """
-        self._write(self.exported_model(targets), path)
+        self.write(self.exported_model(targets), path)
 
     def exported_model(self, targets: str = "top") -> onnx.ModelProto:
         """The model :meth:`export` writes, with its large weights left out (placeholders): its graph, inputs,
@@ -123,8 +123,9 @@ class Explainer(HostMethods, SeveralTargets):
         metadata_schema.write(model, meta)
         return model
 
-    def _write(self, model: onnx.ModelProto, path: str) -> None:
-        """Save ``model`` with the weights put back (external data only past protobuf's 2 GiB limit)."""
+    def write(self, model: onnx.ModelProto, path: str) -> None:
+        """Save a model built from this explainer's (:meth:`explainer_model`, :meth:`exported_model`) with the
+        weights put back (external data only past protobuf's 2 GiB limit)."""
         complete = onnx.ModelProto()
         complete.CopyFrom(model)
         weights.attach(complete, self._take_weights())

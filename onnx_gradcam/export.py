@@ -23,7 +23,7 @@ def export_explainer(model: ModelLike, path: str, layer: Layers = "auto", method
     framework. ``layer``, ``method`` (a gradient method), ``output`` and ``tokens`` are as for
     :class:`Explainer`; see :meth:`Explainer.export`.
     """
-    _explainer(model, layer, method, output, tokens).export(path, targets)
+    explainer_to_export(model, layer, method, output, tokens).export(path, targets)
 
 
 def export_triton(model: ModelLike, directory: str, name: Optional[str] = None, layer: Layers = "auto",
@@ -34,22 +34,32 @@ def export_triton(model: ModelLike, directory: str, name: Optional[str] = None, 
 
     ``name`` defaults to the model file's name and the method (``resnet50_gradcam``). Returns the model's folder.
     """
-    if name is None:
-        stem = os.path.splitext(os.path.basename(model))[0] if isinstance(model, (str, os.PathLike)) else "model"
-        name = f"{stem}_{method}"
+    explainer = explainer_to_export(model, layer, method, output, tokens)
+    return write_triton_entry(explainer, directory, name or default_name(model, method), targets, max_batch_size)
+
+
+def write_triton_entry(explainer: Explainer, directory: str, name: str, targets: str = "top",
+                       max_batch_size: int = 8) -> str:
+    """:func:`export_triton` for an explainer already built. Returns the model's folder."""
     name = model_name(name)
+    model = explainer.exported_model(targets)
+    config = model_config(model, name, max_batch_size)  # fails before anything is written
     folder = os.path.join(directory, name)
-    model_path = os.path.join(folder, "1", "model.onnx")
-    explainer = _explainer(model, layer, method, output, tokens)
-    config = model_config(explainer.exported_model(targets), name, max_batch_size)  # fails before writing
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    explainer.export(model_path, targets)
+    os.makedirs(os.path.join(folder, "1"), exist_ok=True)
+    explainer.write(model, os.path.join(folder, "1", "model.onnx"))
     with open(os.path.join(folder, "config.pbtxt"), "w") as handle:
         handle.write(config)
     return folder
 
 
-def _explainer(model, layer, method, output, tokens) -> Explainer:
-    # Exporting runs no session, so no provider probe is needed.
+def default_name(model: ModelLike, method: str) -> str:
+    """The model file's name and the method (``resnet50_gradcam``); ``model_<method>`` for in-memory models."""
+    stem = os.path.splitext(os.path.basename(model))[0] if isinstance(model, (str, os.PathLike)) else "model"
+    return f"{stem}_{method}"
+
+
+def explainer_to_export(model: ModelLike, layer: Layers = "auto", method: str = "gradcam",
+                        output: Union[str, int, None] = None, tokens: Optional[TokenGrid] = None) -> Explainer:
+    """An Explainer for exporting only: it runs no session, so no provider probe is made."""
     return Explainer(model, layer=layer, method=method, output=output, providers=["CPUExecutionProvider"],
                      tokens=tokens)
