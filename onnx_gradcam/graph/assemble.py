@@ -11,14 +11,14 @@ from .model import set_ir_version
 
 def extend_model(model: ModelProto, nodes: Sequence[NodeProto], initializers: Sequence[TensorProto] = (),
                  inputs: Sequence[ValueInfoProto] = (), outputs: Sequence[ValueInfoProto] = (),
-                 keep_outputs: bool = True, name: str | None = None) -> ModelProto:
+                 name: str | None = None) -> ModelProto:
     """A new model: ``model``'s graph with ``nodes`` appended and the given inputs and outputs added."""
     graph = model.graph
     new_graph = helper.make_graph(
         list(graph.node) + list(nodes),
         name or graph.name,
         list(graph.input) + list(inputs),
-        (list(graph.output) if keep_outputs else []) + list(outputs),
+        list(graph.output) + list(outputs),
         initializer=list(graph.initializer) + list(initializers),
         value_info=list(graph.value_info),
     )
@@ -41,26 +41,30 @@ def tensor_info(name: str, elem_type: int, shape) -> ValueInfoProto:
 
 def with_outputs(view, names) -> ModelProto:
     """``view``'s model computing exactly the tensors ``names`` as its outputs (a body for a cut-out head,
-    or the model restricted to one output)."""
-    return extend_model(view.model, [], keep_outputs=False,
-                        outputs=[tensor_info(name, view.elem_type(name), view.shape(name)) for name in names])
+    or the model restricted to one output), without the nodes and initializers they do not need."""
+    return _restricted(view.model, [tensor_info(name, view.elem_type(name), view.shape(name)) for name in names])
 
 
 def keep_outputs(model: ModelProto, names: Sequence[str]) -> ModelProto:
     """A copy of ``model`` with only the outputs ``names``, and without the nodes and initializers that no longer
-    contribute to them. The inputs stay as they are: they are the model's interface."""
+    contribute to them."""
     infos = {info.name: info for info in model.graph.output}
     missing = [name for name in names if name not in infos]
     if missing:
         raise ValueError(f"the model has no outputs {missing}; its outputs are {list(infos)}")
-    needed, kept = set(names), []
+    return _restricted(model, [infos[name] for name in names])
+
+
+def _restricted(model: ModelProto, outputs: Sequence[ValueInfoProto]) -> ModelProto:
+    """``model`` computing ``outputs``, pruned to what they read. The inputs stay: they are the interface."""
+    needed, kept = {info.name for info in outputs}, []
     for node in reversed(model.graph.node):
         if needed.intersection(node.output):
             kept.append(node)
             needed.update(node.input)
             needed.update(_names_read_by_subgraphs(node))
     pruned = helper.make_graph(
-        kept[::-1], model.graph.name, list(model.graph.input), [infos[name] for name in names],
+        kept[::-1], model.graph.name, list(model.graph.input), list(outputs),
         initializer=[t for t in model.graph.initializer if t.name in needed],
         value_info=[v for v in model.graph.value_info if v.name in needed])
     return _model_like(model, pruned)
