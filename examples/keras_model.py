@@ -78,14 +78,15 @@ def channels_last(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
 
 
-def write_pictures(out: str, onnx_path: str, images, labels, explanation: Explanation, overlays: int, grids: int):
+def write_pictures(out: str, explainers: dict[str, Explainer], images, labels, explanation: Explanation,
+                   overlays: int, grids: int):
     """An overlay per image (true class, last layer); a grid per image of every class at every layer."""
     for i in range(min(overlays, len(images))):
         picture = overlay(images[i], explanation.cams[i], alpha=0.45)
         picture.resize((256, 256)).save(os.path.join(out, f"{i:03d}_{CLASSES[labels[i]]}.png"))
     count = min(grids, len(images))
     every_class = [list(range(len(CLASSES)))] * count
-    per_layer = {layer: Explainer(onnx_path, layer=layer)(images[:count], every_class).cams for layer in LAYERS}
+    per_layer = {layer: explainer(images[:count], every_class).cams for layer, explainer in explainers.items()}
     for i in range(count):
         names = [name + (" (true)" if c == labels[i] else "") for c, name in enumerate(CLASSES)]
         maps = {f"{name} @ {layer}": cams[i, c] for layer, cams in per_layer.items() for c, name in enumerate(names)}
@@ -115,11 +116,12 @@ def main(argv=None) -> Run:
 
     test_images, labels, boxes = make_shapes(args.test, size=args.size, seed=2)
     images = channels_last(test_images)
-    explanations = {layer: Explainer(onnx_path, layer=layer)(images, labels) for layer in LAYERS}
+    explainers = {layer: Explainer(onnx_path, layer=layer) for layer in LAYERS}
+    explanations = {layer: explainer(images, labels) for layer, explainer in explainers.items()}
     last = explanations[LAYERS[-1]]
     accuracy = float((last.outputs["logits"].argmax(1) == labels).mean())
     inside = float(peak_inside_box(last.cams, boxes).mean())
-    write_pictures(args.out, onnx_path, images, labels, last, args.overlays, args.grids)
+    write_pictures(args.out, explainers, images, labels, last, args.overlays, args.grids)
     print(f"held-out accuracy {accuracy:.3f}; Grad-CAM ({LAYERS[-1]}) peak inside the object's box for "
           f"{inside:.1%} of {args.test} images; {time.time() - started:.0f} s in all")
     print(f"pictures written to {args.out}/")
