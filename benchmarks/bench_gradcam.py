@@ -77,7 +77,7 @@ def _runner(row: str, path: str, batch: int, model=None, images=None):
 
         method, layer = OURS[row]
         explainer = Explainer(path, layer=layer, method=method, providers="CPUExecutionProvider",
-                              session_options=_session_options, batch_size=PERTURBED_PER_RUN)
+                              session_options=_session_options, perturbations_per_run=PERTURBED_PER_RUN)
         return lambda: explainer(array)
     import torch
 

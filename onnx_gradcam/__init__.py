@@ -6,27 +6,27 @@ ordinary ONNX operators, so no training framework is needed at explain time.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 from . import metadata as _metadata
 from .autodiff import UnsupportedOperatorError, gradient_model, supported_ops
-from .explainer import Explainer, Explanation, LayerGradients
+from .explainer import Explainer
+from .explanation import Explanation, LayerGradients
 from .export import export_explainer, export_triton
 from .graph.layers import Layer, TokenGrid, candidate_layers
-from .targets import Detection, Mask, Probability
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
+from .subject import resolve_output
+from .targets import Detection, Mask, Probability, Seeding
 
 __version__ = "0.1.0"
 
 
 def list_layers(model: ModelLike, output: Union[str, int, None] = None) -> list[Layer]:
     """The candidate target layers of ``model`` on the path to ``output``, in graph order (the last is the default)."""
-    from .explainer import _resolve_output
-
     view = GraphView(normalize(load_model(model)))
-    return candidate_layers(view, _resolve_output(view, output), _metadata.read(view.model))
+    return candidate_layers(view, resolve_output(view, output), _metadata.read(view.model))
 
 
-__all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Probability", "TokenGrid",
+__all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Probability", "Seeding", "TokenGrid",
            "UnsupportedOperatorError", "export_explainer", "export_triton", "gradient_model", "list_layers", "supported_ops"]

@@ -1,20 +1,22 @@
-"""Building the explainer model: the forward graph, the head's backward pass, and the CAM, in one ONNX model."""
+"""Building the explainer model: the forward graph, the seed, the head's backward pass and the maps, in one
+ONNX model. Each step adds its nodes to one :class:`~onnx_gradcam.graph.builder.NodeBuilder`, so names never
+clash and every constant has the type of the tensor it meets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
 
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto, ValueInfoProto
 
+from . import maps
 from .autodiff import backward
-from .autodiff.emit import Emitter
 from .graph.assemble import extend_model, keep_outputs, tensor_info
+from .graph.builder import NodeBuilder
 from .graph.layers import Layer
-from .graph.view import GraphView
-from .maps import combine, image_size, normalize, upsample
-from .methods.gradient import channel_map, gradient_method
-from .targets import class_seed
+from .methods import GRADIENT_METHODS, channel_map
+from .subject import Subject
+from .targets import Seeding, class_seed
 
 CLASS_INPUT = "target_class"
 SEED_INPUT = "target_seed"
@@ -23,130 +25,134 @@ CAM_OUTPUT = "cam"
 CLASS_OUTPUT = "explained_class"
 
 
-def raw_output(layer: Layer) -> str:
-    return f"cam_raw/{layer.tensor}"
+@dataclass
+class ExplainerModel:
+    """An explainer model and the names of its parts (each name as claimed in this model: the usual one unless
+    the model already had a tensor of that name). Per-layer lists follow the subject's layers."""
+
+    model: ModelProto
+    seeding: Seeding
+    target_input: Optional[str] = None
+    image_size_input: Optional[str] = None
+    model_outputs: list[str] = field(default_factory=list)
+    activations: list[str] = field(default_factory=list)
+    gradients: list[str] = field(default_factory=list)
+    contributions: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    cam: Optional[str] = None
+    class_output: Optional[str] = None
 
 
-def gradient_output(layer: Layer) -> str:
-    return f"grad/{layer.tensor}"
+@dataclass
+class _Interface:
+    """The inputs and outputs a build adds to the model."""
+
+    inputs: list[ValueInfoProto] = field(default_factory=list)
+    outputs: list[ValueInfoProto] = field(default_factory=list)
+
+    def add_input(self, b: NodeBuilder, name: str, elem_type: int, shape) -> str:
+        claimed = b.claim(name)
+        self.inputs.append(tensor_info(claimed, elem_type, shape))
+        return claimed
+
+    def add_output(self, b: NodeBuilder, source: str, name: str, elem_type: int, shape) -> str:
+        claimed = b.rename(source, b.claim(name))
+        self.outputs.append(tensor_info(claimed, elem_type, shape))
+        return claimed
 
 
-def contribution_output(layer: Layer) -> str:
-    return f"contrib/{layer.tensor}"
+def build_explainer_model(subject: Subject, seeding: Seeding, method: Optional[str] = None,
+                          contributions_only: bool = False) -> ExplainerModel:
+    """The forward graph plus the head's backward pass and, for a gradient ``method``, the maps.
+
+    ``method`` None leaves the maps to the host: activations and gradients only. ``contributions_only`` stops a
+    gradient method at its per-channel contributions, for the host's SVD (``eigen_smooth``).
+    """
+    view = subject.view
+    b, io = view.builder(), _Interface()
+    built = ExplainerModel(model=view.model, seeding=seeding, model_outputs=view.output_names)
+    seed = _seed_step(b, io, subject, built)
+    gradients = backward(view, subject.output, seed, [layer.tensor for layer in subject.layers], b,
+                         subject.layers_after)
+    for layer in subject.layers:
+        if layer.tensor not in view.output_names:
+            io.outputs.append(tensor_info(layer.tensor, view.elem_type(layer.tensor), view.shape(layer.tensor)))
+        built.activations.append(layer.tensor)
+        built.gradients.append(io.add_output(b, gradients[layer.tensor], f"grad/{layer.tensor}",
+                                             view.elem_type(layer.tensor), view.shape(layer.tensor)))
+    if method is not None:
+        _maps_step(b, io, subject, built, gradients, method, contributions_only)
+    built.model = extend_model(view.model, b.nodes, b.initializers, inputs=io.inputs, outputs=io.outputs)
+    return built
 
 
-def as_map(e: Emitter, tensor: str, layer: Layer) -> str:
+def _seed_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel) -> str:
+    """The seed of the backward pass, from a class input, the top class or a seed input."""
+    view, output = subject.view, subject.output
+    if built.seeding is Seeding.SEED:
+        built.target_input = io.add_input(b, SEED_INPUT, view.elem_type(output), view.shape(output))
+        return built.target_input
+    if view.rank(output) != 2:
+        raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
+                         "Give a seed array, a Mask or a Detection target instead")
+    if built.seeding is not Seeding.TOP:
+        built.target_input = io.add_input(b, CLASS_INPUT, TensorProto.INT64, view.shape(output)[:1])
+    seed, chosen = class_seed(b, output, built.target_input, probability=built.seeding is Seeding.PROBABILITY)
+    built.class_output = io.add_output(b, chosen, CLASS_OUTPUT, TensorProto.INT64, view.shape(output)[:1])
+    return seed
+
+
+def _maps_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel, gradients: dict,
+               method: str, contributions_only: bool) -> None:
+    """Per layer the method's contributions, then the raw map; then the final map at the image's size."""
+    view = subject.view
+    batch = view.shape(subject.output)[0]
+    cam_type = max((maps.map_type(view.elem_type(layer.tensor)) for layer in subject.layers),
+                   key=[TensorProto.FLOAT, TensorProto.DOUBLE].index)
+    raws = []
+    for layer in subject.layers:
+        activations, layer_gradients = (_as_map(b, _cast(b, t, cam_type), layer)
+                                        for t in (layer.tensor, gradients[layer.tensor]))
+        contributions = GRADIENT_METHODS[method](b, activations, layer_gradients, layer)
+        if contributions_only:
+            built.contributions.append(io.add_output(b, contributions, f"contrib/{layer.tensor}", cam_type,
+                                                     list(layer.shape)))
+            continue
+        raw = channel_map(b, contributions, layer)
+        hw = [layer.shape[axis] for axis in layer.spatial_axes]
+        built.raw.append(io.add_output(b, raw, f"cam_raw/{layer.tensor}", cam_type, [batch, *hw]))
+        raws.append(raw)
+    if raws:
+        size, image_hw = _image_size_step(b, io, subject, built)
+        built.cam = io.add_output(b, maps.finish(b, raws, size), CAM_OUTPUT, cam_type, [batch, *image_hw])
+
+
+def _image_size_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel):
+    """(the (H, W) tensor maps are upsampled to, its static dims): the image's, or an input for head models."""
+    if subject.image_input is None:
+        built.image_size_input = io.add_input(b, IMAGE_SIZE_INPUT, TensorProto.INT64, [2])
+        return built.image_size_input, [None, None]
+    shape = subject.view.shape(subject.image_input)
+    image_hw = shape[2:4] if subject.image_layout == "NCHW" else shape[1:3]
+    return maps.image_size(b, subject.image_input, subject.image_layout), image_hw
+
+
+def _cast(b: NodeBuilder, tensor: str, elem_type: int) -> str:
+    return tensor if b.elem_type(tensor) == elem_type else b.op("Cast", tensor, to=elem_type)
+
+
+def _as_map(b: NodeBuilder, tensor: str, layer: Layer) -> str:
     """The layer's tensor as a map: token activations sliced past the skipped tokens and laid on their grid."""
     if layer.tokens is None:
         return tensor
     grid = layer.tokens
-    kept = e.op("Slice", tensor, e.ints([grid.skip]), e.ints([2**62]), e.ints([1]))
-    return e.op("Reshape", kept, e.ints([0, grid.height, grid.width, -1]))
-
-
-@dataclass
-class ExplainerModel:
-    """An explainer model and the names of its parts."""
-
-    model: ModelProto
-    layers: list[Layer]
-    output: str
-    target_input: Optional[str]
-    model_outputs: list[str]
-    class_output: Optional[str]
-    has_maps: bool = True
-
-    @property
-    def activation_outputs(self) -> list[str]:
-        return [layer.tensor for layer in self.layers]
-
-    @property
-    def gradient_outputs(self) -> list[str]:
-        return [gradient_output(layer) for layer in self.layers]
-
-    @property
-    def raw_outputs(self) -> list[str]:
-        return [raw_output(layer) for layer in self.layers]
-
-    @property
-    def contribution_outputs(self) -> list[str]:
-        return [contribution_output(layer) for layer in self.layers]
-
-
-def build_explainer_model(view: GraphView, layers: Sequence[Layer], output: str, method: Optional[str],
-                          target: str, image: Optional[str], image_layout: str = "NCHW",
-                          later_layers=None, contributions_only: bool = False) -> ExplainerModel:
-    """The forward graph plus the head's backward pass and, for a gradient ``method``, the maps.
-
-    ``target``: ``"class"`` (int64 class per image, -1 for the top class), ``"probability"`` (the same classes'
-    softmax probabilities), ``"top"`` (always the top class, no target input) or ``"seed"`` (a float seed
-    shaped like ``output``). ``image``: the input whose
-    (H, W) maps are upsampled to; None adds an int64 ``image_size`` input instead (for head models).
-    ``method`` None leaves the maps to the host: activations and gradients only. ``contributions_only``
-    stops a gradient method at its per-channel contributions (``contrib/<layer>``), for the host's SVD
-    (``eigen_smooth``).
-    """
-    compute_map = gradient_method(method) if method else None
-    elem_type = view.elem_type(output)
-    e = Emitter("explain/", view.all_tensor_names() | {o for n in view.nodes for o in n.output})
-    inputs = []
-    if target in ("class", "probability", "top"):
-        if view.rank(output) != 2:
-            raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
-                             "Give a seed array, a Mask or a Detection target instead")
-        target_input = None if target == "top" else CLASS_INPUT
-        if target_input:
-            inputs.append(tensor_info(CLASS_INPUT, TensorProto.INT64, [view.shape(output)[0]]))
-        seed, chosen = class_seed(e, output, target_input, elem_type, probability=target == "probability")
-    else:
-        target_input, seed, chosen = SEED_INPUT, SEED_INPUT, None
-        inputs.append(tensor_info(SEED_INPUT, elem_type, view.shape(output)))
-    if image is None:
-        inputs.append(tensor_info(IMAGE_SIZE_INPUT, TensorProto.INT64, [2]))
-        size, image_hw = IMAGE_SIZE_INPUT, [None, None]
-    else:
-        size = image_size(e, image, image_layout)
-        image_shape = view.shape(image)
-        image_hw = image_shape[2:4] if image_layout == "NCHW" else image_shape[1:3]
-
-    seed_nodes = len(e.nodes)
-    grads = backward(view, output, seed, [layer.tensor for layer in layers], later_layers)
-    batch = view.shape(output)[0]
-    finals, named = [], []  # named: (tensor, output name, element type, shape)
-    for layer in layers:
-        named.append((grads.names[layer.tensor], gradient_output(layer), elem_type, view.shape(layer.tensor)))
-        if compute_map is not None:
-            contributions = compute_map(e, *(as_map(e, t, layer) for t in (layer.tensor, grads.names[layer.tensor])),
-                                        layer)
-            if contributions_only:
-                named.append((contributions, contribution_output(layer), elem_type, list(layer.shape)))
-                continue
-            raw = channel_map(e, contributions, layer)
-            layer_hw = [layer.shape[axis] for axis in layer.spatial_axes]
-            named.append((raw, raw_output(layer), elem_type, [batch, *layer_hw]))
-            finals.append(upsample(e, normalize(e, raw), size))
-    if finals:
-        named.append((combine(e, finals), CAM_OUTPUT, elem_type, [batch, *image_hw]))
-    if chosen is not None:
-        named.append((chosen, CLASS_OUTPUT, TensorProto.INT64, [batch]))
-    renames = [helper.make_node("Identity", [source], [name], name=f"explain/output_{i}")
-               for i, (source, name, _, _) in enumerate(named)]
-
-    outputs = [tensor_info(layer.tensor, view.elem_type(layer.tensor), view.shape(layer.tensor))
-               for layer in layers if layer.tensor not in view.output_names]
-    outputs += [tensor_info(name, kind, shape) for _, name, kind, shape in named]
-    clashes = {name for _, name, _, _ in named} & (view.all_tensor_names() | set(view.output_names))
-    if clashes:
-        raise ValueError(f"the model already has tensors named {sorted(clashes)}, which the explainer adds")
-    model = extend_model(view.model, e.nodes[:seed_nodes] + grads.nodes + e.nodes[seed_nodes:] + renames,
-                         grads.initializers + e.initializers, inputs=inputs, outputs=outputs)
-    return ExplainerModel(model, list(layers), output, target_input, view.output_names, chosen and CLASS_OUTPUT,
-                          has_maps=bool(finals))
+    kept = b.op("Slice", tensor, b.ints([grid.skip]), b.ints([2**62]), b.ints([1]))
+    return b.op("Reshape", kept, b.ints([0, grid.height, grid.width, -1]))
 
 
 def deployable_model(built: ExplainerModel) -> ModelProto:
     """The explainer model as it is deployed: the original inputs (plus ``target_class`` where the explainer
     takes one), the original outputs plus ``cam``; activations, gradients and raw maps are left out."""
-    if not built.has_maps:
+    if built.cam is None:
         raise ValueError("this explainer model computes no maps in the graph (a host method)")
-    return keep_outputs(built.model, built.model_outputs + [CAM_OUTPUT])
+    return keep_outputs(built.model, built.model_outputs + [built.cam])

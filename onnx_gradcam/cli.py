@@ -152,7 +152,7 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     for outcome in failed:
         print(f"skipped {outcome.image}: {outcome.error}", file=sys.stderr)
     print(f"explained {len(outcomes) - len(failed)} of {len(outcomes)} images at "
-          f"{', '.join(explainer.layer_keys)}; wrote {args.out}")
+          f"{', '.join(explainer.subject.keys)}; wrote {args.out}")
     return 0
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
 from .graph.layers import Layer
 
 Images = Union[np.ndarray, Mapping[str, np.ndarray]]
-Targets = Union[None, int, Sequence[int], np.ndarray]
 
 
 @dataclass

@@ -48,11 +48,11 @@ def find_images(paths: Iterable[str]) -> list[str]:
 
 def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) -> Preprocessing:
     """The model's own preprocessing (metadata, input shape), with the user's ``overrides`` on top."""
-    shape = explainer.view.shape(explainer.image_input) or []
-    spatial = shape[2:4] if explainer.image_layout == "NCHW" else shape[1:3]
+    shape = explainer.subject.view.shape(explainer.subject.image_input) or []
+    spatial = shape[2:4] if explainer.subject.image_layout == "NCHW" else shape[1:3]
     size = spatial if len(spatial) == 2 and all(isinstance(d, int) for d in spatial) else None
     values = {**explainer.metadata.preprocessing, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return Preprocessing.from_metadata(values, explainer.image_layout, size)
+    return Preprocessing.from_metadata(values, explainer.subject.image_layout, size)
 
 
 def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, targets: Optional[int] = None,
@@ -88,7 +88,7 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
 def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preprocessing, alpha, colormap,
                    aug_smooth):
     result = explainer(batch, targets, aug_smooth=aug_smooth)
-    scores = result.outputs[explainer.output]
+    scores = result.outputs[explainer.subject.output]
     outcomes = []
     for index, (path, picture) in enumerate(zip(paths, pictures)):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -108,7 +108,7 @@ def _explain_batch(explainer, paths, pictures, batch, out_dir, targets, preproce
 
 def _write_summary(outcomes: list[Outcome], explainer: Explainer, out_dir: str) -> None:
     """summary.json (nested, for programs) and summary.csv (one row per image, for spreadsheets)."""
-    layers = list(explainer.layer_keys)
+    layers = list(explainer.subject.keys)
     summary = {"layers": layers, "method": explainer.method,
                "images": [{k: v for k, v in vars(o).items() if v is not None} for o in outcomes]}
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:

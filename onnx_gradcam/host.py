@@ -1,139 +1,139 @@
 """Methods computed on the host around ONNX Runtime sessions: EigenCAM, EigenGradCAM (an SVD), Score-CAM
-(the model on masked inputs), Ablation-CAM (the cut-out head on ablated activations), and eigen_smooth.
-
-:class:`HostMethods` is a part of :class:`~onnx_gradcam.explainer.Explainer`; it uses the explainer's
-sessions, layers and targets.
-"""
+(the whole model on masked inputs), Ablation-CAM (the cut-out head on ablated activations), and
+``eigen_smooth`` of a gradient method (the SVD of the contributions the explainer model computes)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping
 
 import numpy as np
 import onnx
 
 from . import maps
-from .autodiff.emit import Emitter
-from .build import CAM_OUTPUT, IMAGE_SIZE_INPUT
-from .explanation import Explanation, Images, Targets
+from .explainer_models import ExplainerModels
+from .explanation import Explanation
 from .graph.assemble import tensor_info, with_outputs
-from .graph.head import cut_head
+from .graph.builder import NodeBuilder
+from .graph.head import Head, cut_head
 from .graph.layers import Layer
 from .graph.model import set_ir_version
-from .methods import HOST_METHODS, eigen, perturbation
-from .runtime import make_session
-from .several import several_per_image
-from .targets import Probability
+from .methods import HOST_METHODS, LayerEvidence, eigen
+from .sessions import Kind, SessionCache, SessionKey
+from .targets import Seeding, TargetFeed
+
+IMAGE_SIZE = "image_size"
+CAM = "cam"
 
 
-class HostMethods:
-    def _explain_on_host(self, images: Images, targets: Targets) -> Explanation:
-        if several_per_image(targets):
-            raise ValueError(f"{self.method} takes one target per image")
-        feeds = self._feeds(images)
-        wanted = (lambda b: b.contribution_outputs) if self.method not in HOST_METHODS else (
-            lambda b: b.activation_outputs + b.gradient_outputs)
-        built, values = self._run(feeds, targets, lambda b: b.model_outputs + wanted(b) +
-                                  ([b.class_output] if b.class_output else []))
-        outputs = values[self.output]
-        seeds = self._seeds(targets, outputs, values.get(built.class_output) if built.class_output else None)
-        raws = []
-        for layer, gradient, contribution in zip(self.layers, built.gradient_outputs, built.contribution_outputs):
-            if self.method not in HOST_METHODS:  # eigen_smooth of a gradient method
-                raws.append(np.maximum(eigen.project_2d(map_as_nchw(values[contribution], layer)), 0))
-                continue
-            activations = as_nchw(values[layer.tensor], layer)
-            if self.method == "eigencam":
-                raw = eigen.eigencam(activations)
-            elif self.method == "eigengradcam":
-                raw = eigen.eigengradcam(activations, as_nchw(values[gradient], layer))
-            elif self.method == "scorecam":
-                raw = self._score_cam(layer, activations, feeds, seeds)
-            else:
-                raw = self._ablation_cam(layer, activations, values[layer.tensor], feeds, seeds, outputs)
-            raws.append(raw)
-        return Explanation(cams=self._finish(raws, self._image_size(feeds)), raw=dict(zip(self.layer_keys, raws)),
-                           outputs={name: values[name] for name in built.model_outputs},
-                           classes=values.get(built.class_output) if built.class_output else None,
-                           layers=list(self.layers))
+class OnHost:
+    """The way of computing for host methods and for ``eigen_smooth``. ``perturbations_per_run``: perturbed
+    inputs per session run (Score-CAM, Ablation-CAM)."""
 
-    def _seeds(self, targets: Targets, outputs: np.ndarray, classes: Optional[np.ndarray]) -> np.ndarray:
-        """The score of each image is sum(seed * output): one-hot rows for class targets."""
-        if classes is None:
-            return self._target_feed(targets, len(outputs))[1]
-        if any(isinstance(t, Probability) for t in (targets if isinstance(targets, (list, tuple)) else [targets])):
+    def __init__(self, models: ExplainerModels, method: str, eigen_smooth: bool, perturbations_per_run: int):
+        self.models = models
+        self.subject = models.subject
+        self.sessions: SessionCache = models.sessions
+        self.method = method
+        self.eigen_smooth = eigen_smooth
+        self.perturbations_per_run = perturbations_per_run
+        self._heads: dict[str, Head] = {}
+
+    def explain(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> Explanation:
+        if target.seeding is Seeding.PROBABILITY:
             raise ValueError(f"{self.method} explains logits, masks, detections or seeds, not probabilities")
-        seeds = np.zeros_like(outputs)
-        seeds[np.arange(len(classes)), classes] = 1
-        return seeds
+        host_method = HOST_METHODS.get(self.method)
+        with_gradients = host_method is not None and host_method.needs_gradients
+        built, values = self.models.run(feeds, target, lambda b: [
+            *b.model_outputs, *b.activations, *(b.gradients if with_gradients else []), *b.contributions,
+            *([b.class_output] if b.class_output else [])])
+        outputs = values[self.subject.output]
+        seeds = _seeds(target, outputs, values.get(built.class_output))
+        raws = []
+        for index, layer in enumerate(self.subject.layers):
+            if host_method is None:  # eigen_smooth of a gradient method
+                raws.append(np.maximum(eigen.project_2d(map_as_nchw(values[built.contributions[index]], layer)), 0))
+                continue
+            evidence = LayerEvidence(
+                activations=as_nchw(values[layer.tensor], layer),
+                gradients=as_nchw(values[built.gradients[index]], layer) if with_gradients else None,
+                images=feeds[self.subject.image_input], channels_first=self.subject.image_layout == "NCHW",
+                scores=_scores(outputs, seeds), score_images=self._image_scorer(feeds, seeds),
+                score_activations=self._activation_scorer(layer, values[layer.tensor], feeds, seeds),
+                per_run=self.perturbations_per_run, eigen_smooth=self.eigen_smooth)
+            raws.append(host_method.raw_map(evidence))
+        return Explanation(cams=self._finish(raws, self.subject.image_size(feeds)),
+                           raw=dict(zip(self.subject.keys, raws)),
+                           outputs={name: values[name] for name in built.model_outputs},
+                           classes=values.get(built.class_output), layers=list(self.subject.layers))
 
-    def _score_cam(self, layer: Layer, activations: np.ndarray, feeds: dict, seeds: np.ndarray) -> np.ndarray:
-        session = self._model_session()
-        others = {name: value for name, value in feeds.items() if name != self.image_input}
+    def _image_scorer(self, feeds: Mapping[str, np.ndarray], seeds: np.ndarray):
+        """Scores of masked copies of one image, from the model restricted to the explained output."""
+        image_input, output = self.subject.image_input, self.subject.output
+        others = {name: value for name, value in feeds.items() if name != image_input}
+        key = SessionKey(Kind.MODEL, output)
 
         def score(masked: np.ndarray, index: int) -> np.ndarray:
-            (out,) = session.run([self.output], {**_repeated_row(others, index, len(masked)),
-                                                 self.image_input: masked.astype(np.float32)})
-            self.runs["model"] += 1
-            return _scores(out, seeds[index])
+            inputs = {**_repeated_row(others, index, len(masked)),
+                      image_input: masked.astype(feeds[image_input].dtype)}
+            values = self.sessions.run(key, lambda: with_outputs(self.subject.view, [output]), [output], inputs)
+            return _scores(values[output], seeds[index])
 
-        weights = perturbation.score_cam_weights(activations, feeds[self.image_input], self.image_layout == "NCHW",
-                                                 score, self.batch_size)
-        return self._weighted(weights, activations)
+        return score
 
-    def _weighted(self, weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
-        if self.eigen_smooth:
-            return np.maximum(eigen.project_2d(weights[:, :, None, None] * activations), 0)
-        return perturbation.weighted_map(weights, activations)
-
-    def _ablation_cam(self, layer: Layer, activations: np.ndarray, original: np.ndarray, feeds: dict,
-                      seeds: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        head, body, session = self._head_for(layer)
-        boundary = dict(zip(head.inputs[1:], body.run(head.inputs[1:], feeds))) if head.inputs[1:] else {}
-        self.runs["body"] += bool(boundary)
+    def _activation_scorer(self, layer: Layer, original: np.ndarray, feeds: Mapping[str, np.ndarray],
+                           seeds: np.ndarray):
+        """Scores of one image's head on ablated copies of the layer's activations (the body runs once, lazily)."""
+        output = self.subject.output
+        boundary: dict[str, np.ndarray] = {}
 
         def score(ablated: np.ndarray, index: int) -> np.ndarray:
-            layer_rows = from_nchw(ablated, layer, original[index]).astype(original.dtype)
-            (out,) = session.run([self.output], {**_repeated_row(boundary, index, len(ablated)),
-                                                 layer.tensor: layer_rows})
-            self.runs["head"] += 1
-            return _scores(out, seeds[index])
+            head = self._head(layer)
+            others = head.inputs[1:]
+            if others and not boundary:
+                boundary.update(self.sessions.run(SessionKey(Kind.BODY, tuple(others)),
+                                                  lambda: with_outputs(self.subject.view, others), others, feeds))
+            inputs = {**_repeated_row(boundary, index, len(ablated)),
+                      layer.tensor: from_nchw(ablated, layer, original[index]).astype(original.dtype)}
+            values = self.sessions.run(SessionKey(Kind.HEAD, layer.tensor), lambda: head.model, [output], inputs)
+            return _scores(values[output], seeds[index])
 
-        scores = _scores(outputs, seeds)
-        weights = perturbation.ablation_cam_weights(activations, scores, score, self.batch_size)
-        return self._weighted(weights, activations)
+        return score
 
-    def _model_session(self):
-        if "model" not in self._sessions:
-            self._sessions["model"] = self._make_session(with_outputs(self.view, [self.output]))
-        return self._sessions["model"]
-
-    def _head_for(self, layer: Layer):
-        """(head, body session giving the head's other inputs, head session) for one layer."""
-        key = f"ablation/{layer.tensor}"
-        if key not in self._sessions:
-            head = cut_head(self.view, [layer.tensor], self.output)
-            body = self._make_session(with_outputs(self.view, head.inputs[1:])) if head.inputs[1:] else None
-            self._sessions[key] = (head, body, self._make_session(head.model))
-        return self._sessions[key]
+    def _head(self, layer: Layer) -> Head:
+        if layer.tensor not in self._heads:
+            self._heads[layer.tensor] = cut_head(self.subject.view, [layer.tensor], self.subject.output)
+        return self._heads[layer.tensor]
 
     def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:
         """Host maps through the same post-processing as the explainer model's (a small ONNX model)."""
-        key = f"maps/{len(raws)}"
-        if key not in self._sessions:
-            e = Emitter("maps/", set())
-            names = [f"raw_{i}" for i in range(len(raws))]
-            cam = maps.combine(e, [maps.upsample(e, maps.normalize(e, name), IMAGE_SIZE_INPUT) for name in names])
-            graph = onnx.helper.make_graph(
-                e.nodes + [onnx.helper.make_node("Identity", [cam], [CAM_OUTPUT])], "maps",
-                [tensor_info(n, onnx.TensorProto.FLOAT, ["N", None, None]) for n in names] +
-                [tensor_info(IMAGE_SIZE_INPUT, onnx.TensorProto.INT64, [2])],
-                [tensor_info(CAM_OUTPUT, onnx.TensorProto.FLOAT, ["N", None, None])], initializer=e.initializers)
-            model = set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
-            self._sessions[key] = make_session(model, self.providers, self._new_options())
-        feeds = {f"raw_{i}": raw.astype(np.float32) for i, raw in enumerate(raws)}
-        (cams,) = self._sessions[key].run([CAM_OUTPUT], {**feeds, IMAGE_SIZE_INPUT: np.asarray(size, np.int64)})
-        return cams
+        dtype = np.result_type(*raws, np.float32)
+        key = SessionKey(Kind.MAPS, (len(raws), dtype.str))
+        feeds = {f"raw_{i}": raw.astype(dtype) for i, raw in enumerate(raws)}
+        values = self.sessions.run(key, lambda: _maps_model(len(raws), dtype), [CAM],
+                                   {**feeds, IMAGE_SIZE: np.asarray(size, np.int64)})
+        return values[CAM]
+
+
+def _maps_model(count: int, dtype: np.dtype) -> onnx.ModelProto:
+    """raw_0 .. raw_<count-1> (N, h, w) and image_size (H, W) -> cam (N, H, W), as in the explainer model."""
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    names = [f"raw_{i}" for i in range(count)]
+    b = NodeBuilder([*names, IMAGE_SIZE, CAM], {name: elem_type for name in names}.get)
+    b.rename(maps.finish(b, names, IMAGE_SIZE), CAM)
+    graph = onnx.helper.make_graph(
+        b.nodes, "maps",
+        [tensor_info(n, elem_type, ["N", None, None]) for n in names] + [tensor_info(IMAGE_SIZE, onnx.TensorProto.INT64, [2])],
+        [tensor_info(CAM, elem_type, ["N", None, None])], initializer=b.initializers)
+    return set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+
+
+def _seeds(target: TargetFeed, outputs: np.ndarray, classes) -> np.ndarray:
+    """The score of each image is sum(seed * output): one-hot rows for class targets."""
+    if classes is None:
+        return target.values
+    seeds = np.zeros_like(outputs)
+    seeds[np.arange(len(classes)), classes] = 1
+    return seeds
 
 
 def _scores(outputs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -141,7 +141,7 @@ def _scores(outputs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
 
 
-def _repeated_row(values: dict, index: int, count: int) -> dict:
+def _repeated_row(values: Mapping[str, np.ndarray], index: int, count: int) -> dict:
     """Image ``index``'s row of every array in ``values``, repeated ``count`` times."""
     return {name: np.repeat(value[index:index + 1], count, axis=0) for name, value in values.items()}
 

@@ -3,45 +3,58 @@
 It follows pytorch-grad-cam's convention, so maps compare one to one: per layer, min-max (with a 1e-7
 guard) at the layer's resolution, bilinear resize; then the mean over layers, min-max again. Normalising
 before the resize keeps maps of tiny magnitude (random weights, saturated outputs) from vanishing
-under the guard.
+under the guard. Every constant takes the type of the map it meets.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from .autodiff.emit import Emitter
+from onnx import TensorProto
+
+from .graph.builder import NodeBuilder
 
 EPSILON = 1e-7
 
 
-def image_size(e: Emitter, image: str, image_layout: str) -> str:
+def map_type(layer_type: int) -> int:
+    """The element type maps are computed in: the layer's, but at least float32 (a float16 sum over a
+    layer's channels and positions overflows and loses the map's small values)."""
+    return layer_type if layer_type == TensorProto.DOUBLE else TensorProto.FLOAT
+
+
+def image_size(b: NodeBuilder, image: str, image_layout: str) -> str:
     """The image's (H, W) as an int64 [2] tensor."""
     start = 2 if image_layout == "NCHW" else 1
-    return e.op("Shape", image, start=start, end=start + 2)
+    return b.op("Shape", image, start=start, end=start + 2)
 
 
-def upsample(e: Emitter, raw: str, size: str) -> str:
+def upsample(b: NodeBuilder, raw: str, size: str) -> str:
     """(N, h, w) -> (N, H, W) with ``size`` = (H, W): bilinear with half-pixel centres (as cv2.resize and
     torch's align_corners=False)."""
-    as_image = e.op("Unsqueeze", raw, e.ints([1]))
-    sizes = e.op("Concat", e.op("Shape", as_image, end=2), size, axis=0)
-    resized = e.op("Resize", as_image, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
-    return e.op("Squeeze", resized, e.ints([1]))
+    as_image = b.op("Unsqueeze", raw, b.ints([1]))
+    sizes = b.op("Concat", b.op("Shape", as_image, end=2), size, axis=0)
+    resized = b.op("Resize", as_image, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    return b.op("Squeeze", resized, b.ints([1]))
 
 
-def normalize(e: Emitter, maps: str) -> str:
+def min_max(b: NodeBuilder, maps: str) -> str:
     """Per image: (m - min) / (max - min + 1e-7), so each map spans [0, 1] (all zero stays all zero)."""
-    axes = e.ints([1, 2])
-    low = e.op("ReduceMin", maps, axes, keepdims=1)
-    shifted = e.op("Sub", maps, low)
-    high = e.op("ReduceMax", shifted, axes, keepdims=1)
-    return e.op("Div", shifted, e.op("Add", high, e.const(EPSILON, "float32")))
+    axes = b.ints([1, 2])
+    low = b.op("ReduceMin", maps, axes, keepdims=1)
+    shifted = b.op("Sub", maps, low)
+    high = b.op("ReduceMax", shifted, axes, keepdims=1)
+    return b.op("Div", shifted, b.op("Add", high, b.scalar(EPSILON, high)))
 
 
-def combine(e: Emitter, per_layer: Sequence[str]) -> str:
+def combine(b: NodeBuilder, per_layer: Sequence[str]) -> str:
     """Several layers' upsampled maps into one: their mean, normalised again."""
     if len(per_layer) == 1:
-        return normalize(e, per_layer[0])
-    stacked = e.op("Concat", *[e.op("Unsqueeze", m, e.ints([0])) for m in per_layer], axis=0)
-    return normalize(e, e.op("ReduceMean", stacked, e.ints([0]), keepdims=0))
+        return min_max(b, per_layer[0])
+    stacked = b.op("Concat", *[b.op("Unsqueeze", m, b.ints([0])) for m in per_layer], axis=0)
+    return min_max(b, b.op("ReduceMean", stacked, b.ints([0]), keepdims=0))
+
+
+def finish(b: NodeBuilder, raws: Sequence[str], size: str) -> str:
+    """Raw maps of one or more layers -> the final (N, H, W) map: each normalised and upsampled, then combined."""
+    return combine(b, [upsample(b, min_max(b, raw), size) for raw in raws])

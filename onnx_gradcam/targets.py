@@ -1,20 +1,37 @@
 """Targets: what score is explained, turned into the seed of the backward pass (d score / d output).
 
+A request (``None``, class indices, :class:`Probability`, :class:`Mask`, :class:`Detection`, a seed array)
+becomes a :class:`TargetFeed`: a :class:`Seeding` and the array fed with it.
+
 Class targets are resolved inside the explainer model (the top class needs the model's own output);
 segmentation and detection targets are seed arrays built on the host, one image at a time.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .autodiff.emit import Emitter
+from .graph.builder import NodeBuilder
 
 TOP_CLASS = -1
 """A class index of -1 asks for the class the model scores highest for that image."""
+
+
+class Seeding(enum.Enum):
+    """How an explainer model receives its seed (one explainer model is built per seeding)."""
+
+    CLASS = "class"
+    """An int64 class per image (-1: the top class); the seed is its one-hot row."""
+    PROBABILITY = "probability"
+    """As CLASS, but the score is the class's softmax probability."""
+    TOP = "top"
+    """No input: each image's top class, found in the graph (the exported explainer's default)."""
+    SEED = "seed"
+    """A float seed array shaped like the output: the score is sum(seed * output)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,65 @@ class Detection:
         return seed
 
 
-def class_seed(e: Emitter, output: str, class_input: Optional[str], elem_type: int, probability: bool = False
+@dataclass(frozen=True)
+class TargetFeed:
+    """A target request in the form an explainer model takes: how it is seeded, and the array fed for it
+    (int64 classes (N,) for CLASS and PROBABILITY, a float seed shaped like the output for SEED)."""
+
+    seeding: Seeding
+    values: np.ndarray
+
+    @property
+    def classes(self) -> Optional[np.ndarray]:
+        return self.values if self.seeding in (Seeding.CLASS, Seeding.PROBABILITY) else None
+
+
+Targets = Union[None, int, Probability, Mask, Detection, Sequence, np.ndarray]
+"""What a caller may ask to explain; see :meth:`onnx_gradcam.Explainer.__call__`."""
+
+
+def several_per_image(targets: Targets) -> bool:
+    """A list of target lists: several maps per image."""
+    return isinstance(targets, (list, tuple)) and len(targets) > 0 and all(
+        isinstance(t, (list, tuple, np.ndarray)) for t in targets)
+
+
+def target_feed(targets: Targets, batch: int, output_shape: Optional[Sequence], output_dtype: np.dtype
+                ) -> TargetFeed:
+    """The feed for ``targets`` over ``batch`` images; ``output_shape`` and ``output_dtype`` describe the
+    explained output (Mask and Detection seeds are built in its shape)."""
+    if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":
+        return TargetFeed(Seeding.SEED, targets)
+    listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]
+    if listed and all(isinstance(t, (Mask, Detection)) for t in listed):
+        return TargetFeed(Seeding.SEED, _host_seeds(listed, batch, output_shape, output_dtype))
+    probability = bool(listed) and all(isinstance(t, Probability) for t in listed)
+    if targets is None:
+        classes = np.full(batch, TOP_CLASS, dtype=np.int64)
+    else:
+        values = [(TOP_CLASS if t.class_index is None else t.class_index) if isinstance(t, Probability) else t
+                  for t in listed]
+        classes = np.asarray(values, dtype=np.int64).reshape(-1)
+    if classes.size == 1:
+        classes = np.repeat(classes, batch)
+    if classes.size != batch:
+        raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one class for all")
+    return TargetFeed(Seeding.PROBABILITY if probability else Seeding.CLASS, classes)
+
+
+def _host_seeds(targets: list, batch: int, output_shape: Optional[Sequence], dtype: np.dtype) -> np.ndarray:
+    """One seed per image from Mask / Detection targets (one target for all images, or one each)."""
+    if len(targets) == 1:
+        targets = targets * batch
+    if len(targets) != batch:
+        raise ValueError(f"{len(targets)} targets for {batch} images")
+    if output_shape is None or not all(isinstance(d, int) for d in output_shape[1:]):
+        raise ValueError(f"the explained output has shape {output_shape}: Mask and Detection targets need its "
+                         "non-batch dims known; pass a seed array instead")
+    return np.stack([target.seed(output_shape[1:], dtype) for target in targets])
+
+
+def class_seed(b: NodeBuilder, output: str, class_input: Optional[str], probability: bool = False
                ) -> tuple[str, str]:
     """Seeds for a (N, classes) output from int64 class indices (-1: top class; no ``class_input``: always
     the top class).
@@ -75,13 +150,12 @@ def class_seed(e: Emitter, output: str, class_input: Optional[str], elem_type: i
     The logit's seed is one_hot(c); the softmax probability's is p_c * (one_hot(c) - p), its gradient
     with respect to the logits. Returns (seed, the class indices actually used).
     """
-    top = e.op("ArgMax", output, axis=1, keepdims=0)
-    chosen = top if class_input is None else e.op("Where", e.op("Less", class_input, e.ints([0])), top, class_input)
-    depth = e.op("Shape", output, start=1, end=2)
-    one_hot = e.op("Cast", e.op("OneHot", chosen, depth, e.const(np.array([0, 1], dtype=np.int64)), axis=-1),
-                   to=elem_type)
+    top = b.op("ArgMax", output, axis=1, keepdims=0)
+    chosen = top if class_input is None else b.op("Where", b.op("Less", class_input, b.ints([0])), top, class_input)
+    depth = b.op("Shape", output, start=1, end=2)
+    one_hot = b.op("CastLike", b.op("OneHot", chosen, depth, b.ints([0, 1]), axis=-1), output)
     if not probability:
         return one_hot, chosen
-    p = e.op("Softmax", output, axis=1)
-    p_chosen = e.op("ReduceSum", e.op("Mul", p, one_hot), e.ints([1]), keepdims=1)
-    return e.op("Mul", p_chosen, e.op("Sub", one_hot, p)), chosen
+    p = b.op("Softmax", output, axis=1)
+    p_chosen = b.op("ReduceSum", b.op("Mul", p, one_hot), b.ints([1]), keepdims=1)
+    return b.op("Mul", p_chosen, b.op("Sub", one_hot, p)), chosen

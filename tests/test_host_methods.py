@@ -48,7 +48,7 @@ def test_host_method_equals_pytorch_grad_cam(network, method):
     model, images, path = network
     if method == "scorecam" and model.fc.in_features == 2048:
         images = images[:1]  # 2048 masked forward passes per image in the peer: one image is enough
-    explainer = Explainer(path, layer="auto", method=method, batch_size=BATCH)
+    explainer = Explainer(path, layer="auto", method=method, perturbations_per_run=BATCH)
     ours = explainer(images.numpy(), CLASSES[:len(images)]).cams
     theirs = _peer(method, model, images)
     assert ours.shape == theirs.shape
@@ -86,8 +86,8 @@ def _flipped_peer(method, model, images, eigen_smooth=False):
 def test_eigen_smooth_equals_pytorch_grad_cam_up_to_sign(network, method):
     model, images, path = network
     images = images[:1]
-    ours = Explainer(path, method=method, eigen_smooth=True, batch_size=BATCH)(images.numpy(), CLASSES[:1]).cams
-    plain = Explainer(path, method=method, batch_size=BATCH)(images.numpy(), CLASSES[:1]).cams
+    ours = Explainer(path, method=method, eigen_smooth=True, perturbations_per_run=BATCH)(images.numpy(), CLASSES[:1]).cams
+    plain = Explainer(path, method=method, perturbations_per_run=BATCH)(images.numpy(), CLASSES[:1]).cams
     assert np.abs(ours - plain).max() > 1e-2  # the projection is not the weighted sum
     difference = min(np.abs(ours - _peer(method, model, images, True)).max(),
                      np.abs(ours - _flipped_peer(method, model, images, True)).max())
@@ -96,7 +96,7 @@ def test_eigen_smooth_equals_pytorch_grad_cam_up_to_sign(network, method):
 
 def test_ablation_runs_only_the_head(network):
     _, images, path = network
-    explainer = Explainer(path, method="ablationcam", batch_size=BATCH)
+    explainer = Explainer(path, method="ablationcam", perturbations_per_run=BATCH)
     explainer(images.numpy()[:1], 5)
     assert explainer.runs["explainer"] == 1 and explainer.runs["model"] == 0
     assert explainer.runs["head"] == 512 // BATCH or explainer.runs["head"] == 2048 // BATCH

@@ -3,8 +3,8 @@
 It knows ONNX operators and their derivatives, nothing of CAMs, images or sessions.
 """
 
-from .backward import Gradients, UnsupportedOperatorError, backward
-from .model import gradient_model
+from .backward import UnsupportedOperatorError, backward
+from .model import gradient_model, gradient_names
 from .registry import supported_ops
 
-__all__ = ["Gradients", "UnsupportedOperatorError", "backward", "gradient_model", "supported_ops"]
+__all__ = ["UnsupportedOperatorError", "backward", "gradient_model", "gradient_names", "supported_ops"]

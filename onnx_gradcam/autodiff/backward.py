@@ -6,11 +6,11 @@ input), so the caller decides what the target is. Only activations are different
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from onnx import NodeProto, TensorProto
+from onnx import NodeProto
 
+from ..graph.builder import NodeBuilder
 from ..graph.view import GraphView
 from . import rules  # noqa: F401  (importing registers the rules)
 from .context import GradContext, Step
@@ -32,22 +32,14 @@ class UnsupportedOperatorError(ValueError):
         )
 
 
-@dataclass
-class Gradients:
-    """What :func:`backward` adds to the graph: nodes, initializers, and the gradient name of each ``wrt``."""
+def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str], builder: NodeBuilder,
+             suggest: Optional[Callable[[NodeProto], Sequence[str]]] = None) -> dict[str, str]:
+    """Emit d sum(seed * output) / d t into ``builder`` for every tensor t in ``wrt``; return t -> its gradient.
 
-    nodes: list[NodeProto] = field(default_factory=list)
-    initializers: list[TensorProto] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)
-
-
-def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
-             suggest: Optional[Callable[[NodeProto], Sequence[str]]] = None) -> Gradients:
-    """Emit d sum(seed * output) / d t for every tensor t in ``wrt``.
-
-    ``suggest(node)`` names layers after ``node``, for the error raised when that node has no rule.
+    A tensor ``output`` does not depend on gets zeros of its shape and type. ``suggest(node)`` names layers
+    after ``node``, for the error raised when that node has no rule.
     """
-    ctx = GradContext(view)
+    ctx = GradContext(view, builder)
     differentiable = _differentiable_tensors(view, wrt)
     needed = view.ancestors([output])
     pending: dict[str, list[str]] = {output: [seed]}
@@ -64,16 +56,25 @@ def backward(view: GraphView, output: str, seed: str, wrt: Sequence[str],
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             raise UnsupportedOperatorError(node, suggest(node) if suggest else [])
-        dx = rule(ctx, Step(node, dy, wants))
+        dx = _one_per_input(rule, node, rule(ctx, Step(node, dy, wants)))
         for name, grad, want in zip(node.input, dx, wants):
             if want and grad is not None:
                 pending.setdefault(name, []).append(grad)
 
-    result = Gradients(ctx.nodes, ctx.initializers)
-    for name in wrt:
-        total = _total(ctx, pending, name)
-        result.names[name] = total if total is not None else ctx.zeros_like(name)
-    return result
+    return {name: _total(ctx, pending, name) or ctx.zeros_like(name) for name in wrt}
+
+
+def _one_per_input(rule: Callable, node: NodeProto, dx) -> Sequence[Optional[str]]:
+    """``dx`` if it holds one entry per input of ``node``: a rule giving more or fewer has a bug, named here,
+    which zip would otherwise hide by dropping or misplacing gradients."""
+    count = len(dx) if isinstance(dx, (list, tuple)) else None
+    if count != len(node.input):
+        got = f"{count} gradients" if count is not None else f"a {type(dx).__name__}"
+        raise RuntimeError(
+            f"gradient rule {rule.__module__}.{rule.__qualname__} returned {got} for {node.op_type} node "
+            f"{node.name!r}, which has {len(node.input)} inputs: a rule gives one gradient (or None) per input"
+        )
+    return dx
 
 
 def _differentiable_tensors(view: GraphView, wrt: Sequence[str]) -> set[str]:

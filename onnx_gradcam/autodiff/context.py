@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 from onnx import NodeProto, helper
 
+from ..graph.builder import Attr, NodeBuilder, node_attributes
 from ..graph.view import Dim, GraphView
-from .emit import Emitter
 
 
 @dataclass
@@ -37,22 +37,41 @@ class Step:
         return self.node.name
 
     def attr(self, name: str, default=None):
-        for attribute in self.node.attribute:
-            if attribute.name == name:
-                value = helper.get_attribute_value(attribute)
-                return value.decode() if isinstance(value, bytes) else value
-        return default
+        value = node_attributes(self.node).get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
 
     def has_input(self, index: int) -> bool:
         return index < len(self.node.input) and bool(self.node.input[index])
 
+    def first(self, dx: Optional[str]) -> list[Optional[str]]:
+        """A rule's result where only the first (data) input gets a gradient: ``dx``, then ``None`` per other input."""
+        return [dx] + [None] * (len(self.node.input) - 1)
 
-class GradContext(Emitter):
-    """An :class:`Emitter` that also knows the forward graph: shapes, types, constant values."""
 
-    def __init__(self, view: GraphView, prefix: str = "grad/"):
-        super().__init__(prefix, view.all_tensor_names() | {o for n in view.nodes for o in n.output})
+class GradContext:
+    """What rules emit with: the shared :class:`NodeBuilder`, plus facts about the forward graph (shapes, types,
+    constant values) and the building blocks gradients are made of."""
+
+    def __init__(self, view: GraphView, builder: NodeBuilder):
         self.view = view
+        self.builder = builder
+
+    # --- emitting (the builder's) ------------------------------------------------------------------------
+    def op(self, op_type: str, *inputs: Optional[str], outputs: int = 1, **attrs: Optional[Attr]
+           ) -> Union[str, list[str]]:
+        return self.builder.op(op_type, *inputs, outputs=outputs, **attrs)
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        return self.builder.const(value, dtype, hint)
+
+    def ints(self, values: Iterable[int]) -> str:
+        return self.builder.ints(values)
+
+    def scalar(self, value: float, like: str) -> str:
+        return self.builder.scalar(value, like)
+
+    def zeros_like(self, name: str) -> str:
+        return self.builder.zeros_like(name)
 
     # --- facts about forward tensors ---------------------------------------------------------------------
     def shape(self, name: str) -> Optional[list[Dim]]:
@@ -80,25 +99,18 @@ class GradContext(Emitter):
         return value
 
     def np_dtype(self, like: str) -> np.dtype:
-        elem_type = self.view.elem_type(like)
+        elem_type = self.builder.elem_type(like)
         if elem_type is None:
             raise ValueError(f"the element type of tensor {like!r} is unknown")
         return helper.tensor_dtype_to_np_dtype(elem_type)
 
     # --- small building blocks ---------------------------------------------------------------------------
-    def scalar(self, value: float, like: str) -> str:
-        """A scalar constant of ``like``'s float type."""
-        return self.const(value, dtype=self.np_dtype(like), hint="scalar")
-
     def where_else_zero(self, condition: str, value: str, like: str) -> str:
         return self.op("Where", condition, value, self.scalar(0.0, like))
 
-    def zeros_like(self, name: str) -> str:
-        return self.op("Mul", name, self.scalar(0.0, name))
-
     def mask(self, condition: str, like: str) -> str:
         """``condition`` as 0/1 in ``like``'s float type."""
-        return self.op("Cast", condition, to=self.view.elem_type(like))
+        return self.op("Cast", condition, to=self.builder.elem_type(like))
 
     def reshape_like(self, value: str, like: str) -> str:
         return self.op("Reshape", value, self.op("Shape", like))
@@ -143,6 +155,3 @@ class GradContext(Emitter):
         axes = self.op("Reshape", self.op("NonZero", self.op("Equal", padded, self.ints([1]))), self.ints([-1]))
         reduced = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", reduced, target_shape)
-
-    def normalize_axes(self, axes: Sequence[int], rank: int) -> list[int]:
-        return sorted(a + rank if a < 0 else a for a in axes)

@@ -1,8 +1,9 @@
 """The table of gradient rules: one rule per ONNX op type.
 
 A rule receives the context (to emit nodes) and a :class:`~onnx_gradcam.autodiff.context.Step` (the forward
-node, the gradients of its outputs, which inputs need a gradient) and returns one gradient name, or
-``None``, per input. The table itself documents coverage: :func:`supported_ops` lists it.
+node, the gradients of its outputs, which inputs need a gradient) and returns exactly one gradient name, or
+``None``, per input (``s.first(dx)`` where only the first input gets one). The table itself documents
+coverage: :func:`supported_ops` lists it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
+from .builder import NodeBuilder
+
 Dim = Union[int, str, None]
 """A dimension: a known size, a symbolic name, or unknown."""
 
@@ -59,8 +61,15 @@ class GraphView:
     def output_names(self) -> list[str]:
         return [o.name for o in self.graph.output]
 
-    def all_tensor_names(self) -> set[str]:
-        return set(self.producer) | set(self.input_names) | set(self._constants)
+    def all_names(self) -> set[str]:
+        """Every tensor and node name the graph uses (inputs, outputs, value infos, weights, nodes)."""
+        infos = (*self.graph.input, *self.graph.output, *self.graph.value_info)
+        return (set(self.producer) | set(self._constants) | {info.name for info in infos}
+                | {node.name for node in self.nodes} | {name for node in self.nodes for name in node.input})
+
+    def builder(self) -> NodeBuilder:
+        """A :class:`NodeBuilder` for nodes added to this model: its names are taken, its types known."""
+        return NodeBuilder(self.all_names(), self.elem_type)
 
     # --- types and shapes --------------------------------------------------------------------------------
     def elem_type(self, name: str) -> Optional[int]:
@@ -109,9 +118,6 @@ class GraphView:
         if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
             return None
         return numpy_helper.to_array(tensor)
-
-    def is_constant(self, name: str) -> bool:
-        return name in self._constants
 
     # --- structure ---------------------------------------------------------------------------------------
     def depends_on(self, sources: Iterable[str]) -> set[str]:

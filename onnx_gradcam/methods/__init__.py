@@ -1,14 +1,14 @@
 """The CAM family: how a method turns a layer's activations (and gradients) into a map.
 
 Gradient methods are emitted into the explainer model (:mod:`.gradient`); the others need an SVD or extra
-model runs and work on the host (:mod:`.eigen`, :mod:`.perturbation`).
+model runs and work on the host (:mod:`.host`, built on :mod:`.eigen` and :mod:`.perturbation`). Both are
+registries keyed by the method's name.
 """
 
-from . import eigen, perturbation
-from .gradient import GRADIENT_METHODS, gradient_method
+from .gradient import GRADIENT_METHODS, GradientMethod, channel_map
+from .host import HOST_METHODS, HostMethod, LayerEvidence
 
-HOST_METHODS = ("eigencam", "eigengradcam", "scorecam", "ablationcam")
-METHODS = tuple(GRADIENT_METHODS) + HOST_METHODS
+METHODS = tuple(GRADIENT_METHODS) + tuple(HOST_METHODS)
 
 
 def check_method(name: str) -> str:
@@ -18,4 +18,5 @@ def check_method(name: str) -> str:
     return name.lower()
 
 
-__all__ = ["GRADIENT_METHODS", "HOST_METHODS", "METHODS", "check_method", "eigen", "gradient_method", "perturbation"]
+__all__ = ["GRADIENT_METHODS", "HOST_METHODS", "METHODS", "GradientMethod", "HostMethod", "LayerEvidence",
+           "channel_map", "check_method"]

@@ -2,7 +2,8 @@
 
 Each method maps (activations A, gradients dA = d(score)/dA, layer) to per-channel contributions shaped
 like A; :func:`channel_map` turns them into the raw map (N, h, w), ReLU of their channel sum (with
-``eigen_smooth`` the host takes their first principal component instead). They follow pytorch-grad-cam 1.5.7's definitions (so maps compare one to one with it) except where
+``eigen_smooth`` the host takes their first principal component instead). Constants take the type of the
+tensor they meet. They follow pytorch-grad-cam 1.5.7's definitions (so maps compare one to one with it) except where
 its definition departs from the paper in substance; each such place is said below. Axes come from
 ``layer.spatial_axes`` / ``layer.channel_axis``, so NCHW and NHWC layers are explained alike.
 
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..autodiff.emit import Emitter
+from ..graph.builder import NodeBuilder
 from ..graph.layers import Layer
 
-GradientMethod = Callable[[Emitter, str, str, Layer], str]
+GradientMethod = Callable[[NodeBuilder, str, str, Layer], str]
 
 # pytorch-grad-cam's XGradCAM adds 1e-7 to each channel's activation sum. After a ReLU the sum is about zero
 # only where the whole channel is, which then contributes (weight * activations) about nothing to the map; so
@@ -30,13 +31,13 @@ GradientMethod = Callable[[Emitter, str, str, Layer], str]
 XGRADCAM_EPSILON = 1e-7
 
 
-def _gradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _gradcam(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM (Selvaraju et al. 2017): channel weights are the spatial mean of the gradient."""
-    weights = e.op("ReduceMean", gradients, e.ints(layer.spatial_axes), keepdims=1)
-    return e.op("Mul", activations, weights)
+    weights = b.op("ReduceMean", gradients, b.ints(layer.spatial_axes), keepdims=1)
+    return b.op("Mul", activations, weights)
 
 
-def _gradcam_plusplus(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _gradcam_plusplus(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with the exponential's derivatives, as the peer uses it):
     alpha = g^2 / (2 g^2 + sum_ab(A_ab) g^3) per position; channel weight = sum_ij alpha_ij * relu(g_ij).
 
@@ -48,57 +49,48 @@ def _gradcam_plusplus(e: Emitter, activations: str, gradients: str, layer: Layer
     g > 0). tests/test_methods.py shows the difference and compares with the peer where its constant is
     negligible.
     """
-    axes = e.ints(layer.spatial_axes)
-    g2 = e.op("Mul", gradients, gradients)
-    g3 = e.op("Mul", g2, gradients)
-    sums = e.op("ReduceSum", activations, axes, keepdims=1)
-    denominator = e.op("Add", e.op("Add", g2, g2), e.op("Mul", sums, g3))
-    zero = e.op("Equal", denominator, _zero_like(e, denominator))
-    alpha = e.op("Where", zero, _zero_like(e, denominator), e.op("Div", g2, denominator))
-    weights = e.op("ReduceSum", e.op("Mul", alpha, e.op("Relu", gradients)), axes, keepdims=1)
-    return e.op("Mul", activations, weights)
+    axes = b.ints(layer.spatial_axes)
+    g2 = b.op("Mul", gradients, gradients)
+    g3 = b.op("Mul", g2, gradients)
+    sums = b.op("ReduceSum", activations, axes, keepdims=1)
+    denominator = b.op("Add", b.op("Add", g2, g2), b.op("Mul", sums, g3))
+    zero = b.scalar(0.0, denominator)
+    alpha = b.op("Where", b.op("Equal", denominator, zero), zero, b.op("Div", g2, denominator))
+    weights = b.op("ReduceSum", b.op("Mul", alpha, b.op("Relu", gradients)), axes, keepdims=1)
+    return b.op("Mul", activations, weights)
 
 
-def _xgradcam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _xgradcam(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """XGrad-CAM (Fu et al. 2020): channel weight = sum_ij g_ij * A_ij / (sum_ab A_ab), i.e. the gradient
     averaged with the activations' own weights instead of uniformly."""
-    axes = e.ints(layer.spatial_axes)
-    sums = e.op("ReduceSum", activations, axes, keepdims=1)
-    guarded = e.op("Add", sums, _scalar_like(e, XGRADCAM_EPSILON, sums))
-    weighted = e.op("ReduceSum", e.op("Mul", gradients, activations), axes, keepdims=1)
-    return e.op("Mul", activations, e.op("Div", weighted, guarded))
+    axes = b.ints(layer.spatial_axes)
+    sums = b.op("ReduceSum", activations, axes, keepdims=1)
+    guarded = b.op("Add", sums, b.scalar(XGRADCAM_EPSILON, sums))
+    weighted = b.op("ReduceSum", b.op("Mul", gradients, activations), axes, keepdims=1)
+    return b.op("Mul", activations, b.op("Div", weighted, guarded))
 
 
-def _hirescam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _hirescam(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """HiResCAM (Draelos & Carin 2020): sum over channels of g * A, the gradient not averaged over space, so
     the map is exactly each position's first-order contribution to the score."""
-    return e.op("Mul", gradients, activations)
+    return b.op("Mul", gradients, activations)
 
 
-def _gradcam_elementwise(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _gradcam_elementwise(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """Grad-CAM element-wise (pytorch-grad-cam's own variant, no paper): HiResCAM with a ReLU on each
     product g * A before the channel sum, so negative evidence in one channel cannot cancel another's."""
-    return e.op("Relu", e.op("Mul", gradients, activations))
+    return b.op("Relu", b.op("Mul", gradients, activations))
 
 
-def _layercam(e: Emitter, activations: str, gradients: str, layer: Layer) -> str:
+def _layercam(b: NodeBuilder, activations: str, gradients: str, layer: Layer) -> str:
     """LayerCAM (Jiang et al. 2021): sum over channels of relu(g) * A, positive gradients weighting each
     position; it keeps fine detail at earlier layers, where Grad-CAM's spatial mean blurs it away."""
-    return e.op("Mul", e.op("Relu", gradients), activations)
+    return b.op("Mul", b.op("Relu", gradients), activations)
 
 
-def channel_map(e: Emitter, contributions: str, layer: Layer) -> str:
+def channel_map(b: NodeBuilder, contributions: str, layer: Layer) -> str:
     """The raw map: ReLU of the contributions summed over channels, (N, h, w)."""
-    return e.op("Relu", e.op("ReduceSum", contributions, e.ints([layer.channel_axis]), keepdims=0))
-
-
-def _zero_like(e: Emitter, tensor: str) -> str:
-    """A scalar 0 of ``tensor``'s element type (float16, float32 or float64 models alike)."""
-    return e.op("CastLike", e.const(0.0, "float32"), tensor)
-
-
-def _scalar_like(e: Emitter, value: float, tensor: str) -> str:
-    return e.op("CastLike", e.const(value, "float32"), tensor)
+    return b.op("Relu", b.op("ReduceSum", contributions, b.ints([layer.channel_axis]), keepdims=0))
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {
@@ -111,8 +103,3 @@ GRADIENT_METHODS: dict[str, GradientMethod] = {
 }
 
 
-def gradient_method(name: str) -> GradientMethod:
-    try:
-        return GRADIENT_METHODS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(GRADIENT_METHODS))}") from None

@@ -81,7 +81,7 @@ def _conv(g: GradContext, s: Step):
     strides, dilations, pads = window_attrs(g, s, kernel)
     dx = transposed_window_grad(g, s.dy[0], weight, spatial_shape(g, s, x), spatial_shape(g, s, s.y[0]), kernel,
                                 strides, dilations, pads, s.attr("group", 1))
-    return [dx, None, None][: len(s.x)]
+    return s.first(dx)
 
 
 @rule("ConvTranspose")
@@ -102,4 +102,4 @@ def _conv_transpose(g: GradContext, s: Step):
     ends = [max(0, end - extra) for end, extra in zip(pads[rank:], output_padding)]
     dx = g.op("Conv", s.dy[0], weight, strides=list(s.attr("strides", [1] * rank)),
               dilations=list(s.attr("dilations", [1] * rank)), group=s.attr("group", 1), pads=pads[:rank] + ends)
-    return [dx, None, None][: len(s.x)]
+    return s.first(dx)

@@ -9,24 +9,24 @@ from ..registry import rule
 
 
 def _chain(g: GradContext, s: Step, derivative: str) -> list:
-    return [g.op("Mul", s.dy[0], derivative)] + [None] * (len(s.x) - 1)
+    return s.first(g.op("Mul", s.dy[0], derivative))
 
 
 @rule("Identity", "Dropout")
 def _identity(g: GradContext, s: Step):
     # Dropout in an inference graph passes its input through (the mask output carries no gradient).
-    return [s.dy[0]] + [None] * (len(s.x) - 1)
+    return s.first(s.dy[0])
 
 
 @rule("Neg")
 def _neg(g: GradContext, s: Step):
-    return [g.op("Neg", s.dy[0])]
+    return s.first(g.op("Neg", s.dy[0]))
 
 
 @rule("Relu")
 def _relu(g: GradContext, s: Step):
     # As torch's threshold_backward: the gradient passes where the output is positive.
-    return [g.where_else_zero(g.op("Greater", s.y[0], g.scalar(0.0, s.y[0])), s.dy[0], s.y[0])]
+    return s.first(g.where_else_zero(g.op("Greater", s.y[0], g.scalar(0.0, s.y[0])), s.dy[0], s.y[0]))
 
 
 @rule("LeakyRelu")
@@ -81,7 +81,7 @@ def _clip(g: GradContext, s: Step):
             test = g.op(compare, x, s.x[index])
             inside = test if inside is None else g.op("And", inside, test)
     dx = s.dy[0] if inside is None else g.where_else_zero(inside, s.dy[0], x)
-    return [dx] + [None] * (len(s.x) - 1)
+    return s.first(dx)
 
 
 @rule("Sigmoid")
@@ -96,7 +96,7 @@ def _hard_sigmoid(g: GradContext, s: Step):
     alpha, beta = s.attr("alpha", 0.2), s.attr("beta", 0.5)
     pre = g.op("Add", g.op("Mul", x, g.scalar(alpha, x)), g.scalar(beta, x))
     inside = g.op("And", g.op("Greater", pre, g.scalar(0.0, x)), g.op("Less", pre, g.scalar(1.0, x)))
-    return [g.op("Mul", g.where_else_zero(inside, s.dy[0], x), g.scalar(alpha, x))]
+    return s.first(g.op("Mul", g.where_else_zero(inside, s.dy[0], x), g.scalar(alpha, x)))
 
 
 @rule("HardSwish")
@@ -123,7 +123,7 @@ def _softplus(g: GradContext, s: Step):
 def _softsign(g: GradContext, s: Step):
     x = s.x[0]
     denominator = g.op("Add", g.scalar(1.0, x), g.op("Abs", x))
-    return [g.op("Div", s.dy[0], g.op("Mul", denominator, denominator))]
+    return s.first(g.op("Div", s.dy[0], g.op("Mul", denominator, denominator)))
 
 
 @rule("Erf")
@@ -164,19 +164,19 @@ def _exp(g: GradContext, s: Step):
 
 @rule("Log")
 def _log(g: GradContext, s: Step):
-    return [g.op("Div", s.dy[0], s.x[0])]
+    return s.first(g.op("Div", s.dy[0], s.x[0]))
 
 
 @rule("Sqrt")
 def _sqrt(g: GradContext, s: Step):
     y = s.y[0]
-    return [g.op("Div", s.dy[0], g.op("Mul", y, g.scalar(2.0, y)))]
+    return s.first(g.op("Div", s.dy[0], g.op("Mul", y, g.scalar(2.0, y))))
 
 
 @rule("Reciprocal")
 def _reciprocal(g: GradContext, s: Step):
     y = s.y[0]
-    return [g.op("Neg", g.op("Mul", s.dy[0], g.op("Mul", y, y)))]
+    return s.first(g.op("Neg", g.op("Mul", s.dy[0], g.op("Mul", y, y))))
 
 
 @rule("Abs")
@@ -191,10 +191,10 @@ def _sin(g: GradContext, s: Step):
 
 @rule("Cos")
 def _cos(g: GradContext, s: Step):
-    return [g.op("Neg", g.op("Mul", s.dy[0], g.op("Sin", s.x[0])))]
+    return s.first(g.op("Neg", g.op("Mul", s.dy[0], g.op("Sin", s.x[0]))))
 
 
 @rule("Cast")
 def _cast(g: GradContext, s: Step):
     # Only float-to-float casts are on a gradient path; the gradient goes back in the input's type.
-    return [g.op("Cast", s.dy[0], to=g.view.elem_type(s.x[0]))]
+    return s.first(g.op("Cast", s.dy[0], to=g.view.elem_type(s.x[0])))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
-from onnx import helper
 
+from ...graph.builder import node_attributes, normalize_axis
 from ..context import GradContext, Step
 from ..registry import rule
 from .pooling import scatter_add_flat
@@ -26,14 +26,13 @@ def selection_adjoint(g: GradContext, x: str, dy: str, select: Callable[[str], s
 
 def reselect(g: GradContext, s: Step, inputs: Optional[list[str]] = None) -> str:
     """:func:`selection_adjoint` with the forward op itself (its other ``inputs`` and attributes) as the selection."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in s.node.attribute}
+    attrs = node_attributes(s.node)
     inputs = s.x[1:] if inputs is None else inputs
     return selection_adjoint(g, s.x[0], s.dy[0], lambda positions: g.op(s.node.op_type, positions, *inputs, **attrs))
 
 
 def _axis(g: GradContext, s: Step) -> int:
-    axis = s.attr("axis", 0)
-    return axis + g.rank(s.x[0]) if axis < 0 else axis
+    return normalize_axis(s.attr("axis", 0), g.rank(s.x[0]))
 
 
 @rule("Concat")
@@ -50,7 +49,7 @@ def _split(g: GradContext, s: Step):
     # Outputs nothing flows back through contribute zeros of their own shape.
     pieces = [dy if dy is not None else g.zeros_like(y) for dy, y in zip(s.dy, s.y)]
     dx = g.op("Concat", *pieces, axis=_axis(g, s))
-    return [dx] + [None] * (len(s.x) - 1)
+    return s.first(dx)
 
 
 @rule("Slice")
@@ -61,7 +60,7 @@ def _slice(g: GradContext, s: Step):
     else:  # a plain crop: pad the gradient back with zeros
         axes, pads = crop
         dx = g.op("Pad", s.dy[0], g.ints(pads), "", g.ints(axes))
-    return [dx] + [None] * (len(s.x) - 1)
+    return s.first(dx)
 
 
 def _unit_step_slice_pads(g: GradContext, s: Step) -> Optional[tuple[list[int], list[int]]]:
@@ -72,7 +71,7 @@ def _unit_step_slice_pads(g: GradContext, s: Step) -> Optional[tuple[list[int], 
     shape = g.shape(s.x[0])
     if starts is None or ends is None or axes is None or steps is None or shape is None or np.any(steps != 1):
         return None
-    axes = [int(a) + len(shape) if a < 0 else int(a) for a in axes]
+    axes = [normalize_axis(int(a), len(shape)) for a in axes]
     if not all(isinstance(shape[a], int) for a in axes):
         return None
     begins, finals = [], []
@@ -86,14 +85,14 @@ def _unit_step_slice_pads(g: GradContext, s: Step) -> Optional[tuple[list[int], 
 
 @rule("Gather", "GatherND")
 def _gather(g: GradContext, s: Step):
-    return [reselect(g, s), None]
+    return s.first(reselect(g, s))
 
 
 @rule("GatherElements")
 def _gather_elements(g: GradContext, s: Step):
     data, indices = s.x
     dx = g.op("ScatterElements", g.zeros_like(data), indices, s.dy[0], axis=s.attr("axis", 0), reduction="add")
-    return [dx, None]
+    return s.first(dx)
 
 
 @rule("Pad")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...graph.builder import normalize_axis
 from ...graph.model import default_opset
 from ..context import GradContext, Step
 from ..registry import rule
@@ -44,10 +45,6 @@ def _input_only(s: Step, weights: str) -> None:
                          f"({', '.join(s.y[1:])}); only its first output can be differentiated through")
 
 
-def _with_weights(dx: str, s: Step) -> list:
-    return [dx] + [None] * (len(s.x) - 1)
-
-
 @rule("BatchNormalization")
 def _batch_normalization(g: GradContext, s: Step):
     # Inference mode: y = (x - mean) * scale / sqrt(var + epsilon) + bias with fixed statistics.
@@ -57,7 +54,7 @@ def _batch_normalization(g: GradContext, s: Step):
     _input_only(s, "scale, bias, mean and variance")
     x, scale, _, _, variance = s.x[:5]
     factor = g.op("Div", scale, g.op("Sqrt", g.op("Add", variance, g.scalar(s.attr("epsilon", 1e-5), x))))
-    return _with_weights(g.op("Mul", s.dy[0], per_channel(g, factor, g.rank(x))), s)
+    return s.first(g.op("Mul", s.dy[0], per_channel(g, factor, g.rank(x))))
 
 
 @rule("LayerNormalization")
@@ -65,10 +62,9 @@ def _layer_normalization(g: GradContext, s: Step):
     _input_only(s, "scale and bias")
     x, scale = s.x[:2]
     rank = g.rank(x)
-    axis = s.attr("axis", -1)
-    axes = list(range(axis + rank if axis < 0 else axis, rank))
+    axes = list(range(normalize_axis(s.attr("axis", -1), rank), rank))
     dxhat = g.op("Mul", s.dy[0], scale)
-    return _with_weights(normalized_backward(g, x, dxhat, axes, s.attr("epsilon", 1e-5), x), s)
+    return s.first(normalized_backward(g, x, dxhat, axes, s.attr("epsilon", 1e-5), x))
 
 
 @rule("InstanceNormalization")
@@ -77,7 +73,7 @@ def _instance_normalization(g: GradContext, s: Step):
     x, scale = s.x[:2]
     rank = g.rank(x)
     dxhat = g.op("Mul", s.dy[0], per_channel(g, scale, rank))
-    return _with_weights(normalized_backward(g, x, dxhat, list(range(2, rank)), s.attr("epsilon", 1e-5), x), s)
+    return s.first(normalized_backward(g, x, dxhat, list(range(2, rank)), s.attr("epsilon", 1e-5), x))
 
 
 @rule("GroupNormalization")
@@ -92,7 +88,7 @@ def _group_normalization(g: GradContext, s: Step):
     else:  # opset 18-20: scale per group
         dxhat = g.op("Mul", g.op("Reshape", s.dy[0], grouped), g.op("Reshape", scale, g.ints([groups, 1])))
     dx = normalized_backward(g, g.op("Reshape", x, grouped), dxhat, [2], s.attr("epsilon", 1e-5), x)
-    return _with_weights(g.reshape_like(dx, x), s)
+    return s.first(g.reshape_like(dx, x))
 
 
 def _channel_window_sum(g: GradContext, t: str, size: int, before: int, after: int, like: str) -> str:
@@ -119,4 +115,4 @@ def _lrn(g: GradContext, s: Step):
     gathered = _channel_window_sum(g, through_d, size, hi, lo, x)
     through_d_term = g.op("Mul", g.op("Mul", x, gathered), g.scalar(2 * alpha * beta / size, x))
     dx = g.op("Sub", g.op("Mul", dy, d_neg_beta), through_d_term)
-    return [dx]
+    return s.first(dx)

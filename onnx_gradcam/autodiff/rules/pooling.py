@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ...graph.builder import node_attributes
 from ...graph.windows import pooled_size
 from ..context import GradContext, Step
 from ..registry import rule
@@ -26,9 +27,8 @@ def _max_pool(g: GradContext, s: Step):
     if len(s.y) > 1 and s.y[1] and s.attr("storage_order", 0) == 0:
         indices = s.y[1]
     else:  # recompute the pooling with its Indices output; the forward node stays as it is
-        attrs = {a.name: helper.get_attribute_value(a) for a in s.node.attribute if a.name != "storage_order"}
-        indices = g.op("MaxPool", s.x[0], outputs=2, **attrs)[1]
-    return [scatter_add_flat(g, s.x[0], indices, s.dy[0])]
+        indices = g.op("MaxPool", s.x[0], outputs=2, **node_attributes(s.node, drop=("storage_order",)))[1]
+    return s.first(scatter_add_flat(g, s.x[0], indices, s.dy[0]))
 
 
 @rule("GlobalMaxPool")
@@ -39,14 +39,14 @@ def _global_max_pool(g: GradContext, s: Step):
     winner = g.op("ArgMax", g.op("Reshape", x, flat_shape), axis=2, keepdims=1)
     routed = g.op("ScatterElements", g.op("Reshape", g.zeros_like(x), flat_shape), winner,
                   g.op("Reshape", s.dy[0], g.ints([0, 0, 1])), axis=2)
-    return [g.reshape_like(routed, x)]
+    return s.first(g.reshape_like(routed, x))
 
 
 @rule("GlobalAveragePool")
 def _global_average_pool(g: GradContext, s: Step):
     x = s.x[0]
     count = g.op("Cast", g.op("Div", g.op("Size", x), g.op("Size", s.y[0])), to=g.view.elem_type(x))
-    return [g.op("Div", g.op("Expand", s.dy[0], g.op("Shape", x)), count)]
+    return s.first(g.op("Div", g.op("Expand", s.dy[0], g.op("Shape", x)), count))
 
 
 @rule("AveragePool")
@@ -65,13 +65,13 @@ def _average_pool(g: GradContext, s: Step):
     dtype = g.np_dtype(x)
     ones_input = g.const(np.ones([1, 1, *in_spatial], dtype), hint="ones")
     ones_kernel = g.const(np.ones([1, 1, *kernel], dtype), hint="ones_kernel")
-    attrs = {a.name: helper.get_attribute_value(a) for a in s.node.attribute}
     # 1/divisor of each window, whatever rule the runtime uses: its average of ones over the count of ones.
     # (The Reshape restates the size: onnx's shape inference keeps ceil-mode windows that start in the end pad.)
-    averaged_ones = g.op("Reshape", g.op("AveragePool", ones_input, **attrs), g.ints([1, 1, *out_spatial]))
+    averaged_ones = g.op("Reshape", g.op("AveragePool", ones_input, **node_attributes(s.node)),
+                         g.ints([1, 1, *out_spatial]))
     counted_ones = g.op("Conv", ones_input, ones_kernel, strides=strides, dilations=dilations, pads=pads)
     scaled = g.op("Mul", s.dy[0], g.op("Div", averaged_ones, counted_ones))
     per_channel = g.op("Reshape", scaled, g.ints([-1, 1, *out_spatial]))
     dx = transposed_window_grad(g, per_channel, ones_kernel, in_spatial, out_spatial, kernel, strides, dilations,
                                 pads)
-    return [g.reshape_like(dx, x)]
+    return s.first(g.reshape_like(dx, x))

@@ -3,6 +3,9 @@ broadcasts over the reduced axes, times the derivative of the reduced expression
 
 from __future__ import annotations
 
+import functools
+
+from ...graph.builder import normalize_axis
 from ..context import GradContext, Step
 from ..registry import rule
 
@@ -15,7 +18,7 @@ def reduce_axes(g: GradContext, s: Step) -> list[int]:
     rank = g.rank(s.x[0])
     axes = [int(a) for a in g.require_constant(s, 1, "axes").reshape(-1)] if s.has_input(1) else []
     if axes:
-        return g.normalize_axes(axes, rank)
+        return sorted(normalize_axis(a, rank) for a in axes)
     return [] if s.attr("noop_with_empty_axes", 0) else list(range(rank))
 
 
@@ -27,12 +30,15 @@ def kept(g: GradContext, s: Step, name: str, axes: list[int]) -> str:
 
 
 def _reduce_grads(local):
-    """A rule from ``local(g, s, x, dy, y, axes)``: the input gradient with dy and y already in keepdims form."""
+    """A rule from ``local(g, s, x, dy, y, axes)``: the input gradient with dy and y already in keepdims form.
 
+    The rule keeps ``local``'s name, so errors about it name the reduction."""
+
+    @functools.wraps(local)
     def grad(g: GradContext, s: Step):
         axes = reduce_axes(g, s)
         dx = local(g, s, s.x[0], kept(g, s, s.dy[0], axes), kept(g, s, s.y[0], axes), axes)
-        return [dx] + [None] * (len(s.x) - 1)
+        return s.first(dx)
 
     return grad
 
@@ -100,11 +106,11 @@ def _reduce_log_sum(g, s, x, dy, y, axes):
 def _softmax(g: GradContext, s: Step):
     y, dy = s.y[0], s.dy[0]
     inner = g.op("ReduceSum", g.op("Mul", dy, y), g.ints([s.attr("axis", -1)]), keepdims=1)
-    return [g.op("Mul", y, g.op("Sub", dy, inner))]
+    return s.first(g.op("Mul", y, g.op("Sub", dy, inner)))
 
 
 @rule("LogSoftmax")
 def _log_softmax(g: GradContext, s: Step):
     y, dy = s.y[0], s.dy[0]
     total = g.op("ReduceSum", dy, g.ints([s.attr("axis", -1)]), keepdims=1)
-    return [g.op("Sub", dy, g.op("Mul", g.op("Exp", y), total))]
+    return s.first(g.op("Sub", dy, g.op("Mul", g.op("Exp", y), total)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
+from ...graph.builder import node_attributes, normalize_axis
 from ..context import GradContext, Step
 from ..registry import rule
 
@@ -26,7 +27,7 @@ def _resize(g: GradContext, s: Step):
                          f"{s.attr('keep_aspect_ratio_policy')!r} is not supported; give the output sizes with "
                          "the default policy 'stretch' (or scales) instead")
     rank = g.rank(x)
-    axes = [a + rank if a < 0 else a for a in (s.attr("axes", None) or range(rank))]
+    axes = [normalize_axis(a, rank) for a in (s.attr("axes", None) or range(rank))]
     scales = _optional_constant(g, s, 2, "scales")
     # Sizes computed at run time (exporters write Concat(Shape(x)[:2], [H, W]) for a dynamic batch) are
     # read from the inferred output shape: each resized axis must have a static length there.
@@ -60,7 +61,7 @@ def _resize(g: GradContext, s: Step):
         if g.view.elem_type(x) != TensorProto.FLOAT:
             weights = g.op("Cast", weights, to=g.view.elem_type(x))
         dx = _contract(g, dx, weights, axis, rank)
-    return [dx] + [None] * (len(s.x) - 1)
+    return s.first(dx)
 
 
 def _optional_constant(g: GradContext, s: Step, index: int, what: str) -> Optional[np.ndarray]:
@@ -82,8 +83,7 @@ def _axis_weights(g: GradContext, s: Step, length_in: int, length_out: int, scal
     roi = g.const([0, 0, 0, window[0], 1, 1, 1, window[1]], np.float32) if window else ""
     scales = g.const([1, 1, 1, scale], np.float32) if scale is not None else ""
     sizes = g.ints([1, length_in, 1, length_out]) if scale is None else ""
-    attrs = {a.name: helper.get_attribute_value(a) for a in s.node.attribute
-             if a.name not in ("axes", "keep_aspect_ratio_policy", "extrapolation_value")}
+    attrs = node_attributes(s.node, drop=("axes", "keep_aspect_ratio_policy", "extrapolation_value"))
     resized = g.op("Resize", identity, roi, scales, sizes, **attrs)  # extrapolated samples get weight 0
     return g.op("Reshape", resized, g.ints([length_in, length_out]))
 

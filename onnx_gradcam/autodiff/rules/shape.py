@@ -8,27 +8,22 @@ from ..context import GradContext, Step
 from ..registry import rule
 
 
-def _only_first(s: Step, dx: str) -> list:
-    """``dx`` for the data input, ``None`` for the shape-like inputs after it."""
-    return [dx] + [None] * (len(s.x) - 1)
-
-
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(g: GradContext, s: Step):
     # The element order never changes: reshaping back to x's runtime shape covers 0, -1, allowzero and axes.
-    return _only_first(s, g.reshape_like(s.dy[0], s.x[0]))
+    return s.first(g.reshape_like(s.dy[0], s.x[0]))
 
 
 @rule("Transpose")
 def _transpose(g: GradContext, s: Step):
     perm = s.attr("perm", None) or list(reversed(range(g.rank(s.x[0]))))
-    return [g.op("Transpose", s.dy[0], perm=[int(i) for i in np.argsort(perm)])]
+    return s.first(g.op("Transpose", s.dy[0], perm=[int(i) for i in np.argsort(perm)]))
 
 
 @rule("SpaceToDepth")
 def _space_to_depth(g: GradContext, s: Step):
     # SpaceToDepth is the inverse of DCR DepthToSpace; both are permutations, so each is the other's adjoint.
-    return [g.op("DepthToSpace", s.dy[0], blocksize=s.attr("blocksize"), mode="DCR")]
+    return s.first(g.op("DepthToSpace", s.dy[0], blocksize=s.attr("blocksize"), mode="DCR"))
 
 
 @rule("DepthToSpace")
@@ -42,12 +37,12 @@ def _depth_to_space(g: GradContext, s: Step):
                              "known; give the model fixed channel sizes, or use DCR mode")
         dx = g.op("Transpose", g.op("Reshape", dx, g.ints([0, block * block, channels, -1])), perm=[0, 2, 1, 3])
         dx = g.reshape_like(dx, s.x[0])
-    return [dx]
+    return s.first(dx)
 
 
 @rule("Expand")
 def _expand(g: GradContext, s: Step):
-    return _only_first(s, g.unbroadcast(s.dy[0], s.x[0], s.y[0]))
+    return s.first(g.unbroadcast(s.dy[0], s.x[0], s.y[0]))
 
 
 @rule("Tile")
@@ -59,4 +54,4 @@ def _tile(g: GradContext, s: Step):
     interleaved = g.op("Concat", g.op("Unsqueeze", repeats, column), g.op("Unsqueeze", g.op("Shape", x), column),
                        axis=1)
     tiles = g.op("Reshape", s.dy[0], g.op("Reshape", interleaved, g.ints([-1])))
-    return [g.op("ReduceSum", tiles, g.ints(range(0, 2 * rank, 2)), keepdims=0), None]
+    return s.first(g.op("ReduceSum", tiles, g.ints(range(0, 2 * rank, 2)), keepdims=0))

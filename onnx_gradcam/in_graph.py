@@ -1,0 +1,32 @@
+"""Gradient methods computed inside the explainer model: outputs, the backward pass and the maps in one
+session run per batch, so only maps leave the device."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .explainer_models import ExplainerModels
+from .explanation import Explanation, LayerGradients
+from .targets import TargetFeed
+
+
+class InGraph:
+    """The way of computing for gradient methods (and for :meth:`gradients`, whatever the method)."""
+
+    def __init__(self, models: ExplainerModels):
+        self.models = models
+
+    def explain(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> Explanation:
+        built, values = self.models.run(feeds, target, lambda b: [*b.model_outputs, *b.raw, b.cam] +
+                                        ([b.class_output] if b.class_output else []))
+        return Explanation(cams=values[built.cam], raw=dict(zip(self.models.subject.keys, (values[r] for r in built.raw))),
+                           outputs={name: values[name] for name in built.model_outputs},
+                           classes=values.get(built.class_output), layers=list(self.models.subject.layers))
+
+    def gradients(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> dict[str, LayerGradients]:
+        """Per layer (keyed as given): its activations and d(target)/d(activations)."""
+        built, values = self.models.run(feeds, target, lambda b: [*b.activations, *b.gradients])
+        return {key: LayerGradients(values[activation], values[gradient])
+                for key, activation, gradient in zip(self.models.subject.keys, built.activations, built.gradients)}

@@ -1,0 +1,100 @@
+"""The ONNX Runtime sessions of one Explainer, and the weights they are made from.
+
+The weights of the user's model are detached once (see :mod:`onnx_gradcam.graph.weights`) and handed to
+ONNX Runtime, which copies them into each session it makes; so the arrays are handed over for the first
+session and reloaded from the source for later ones, and no second copy lives beside ONNX Runtime's.
+Sessions are kept under typed keys: what the session computes, and which part.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Hashable, Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .graph import weights
+from .graph.model import ModelLike, load_model
+from .runtime import make_session
+
+
+class Kind(enum.Enum):
+    """What a session computes; its runs are counted under the kind's value."""
+
+    EXPLAINER = "explainer"
+    """The whole explainer model: outputs, gradients, maps."""
+    MODEL = "model"
+    """The model restricted to the explained output (Score-CAM's masked inputs)."""
+    BODY = "body"
+    """The model up to the tensors a cut-out head reads."""
+    HEAD = "head"
+    """A cut-out head: bare (Ablation-CAM) or with its backward pass and maps (several targets)."""
+    MAPS = "maps"
+    """Post-processing of maps computed on the host."""
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    kind: Kind
+    part: Hashable = None
+    """Which one of its kind: a seeding, a layer, the layers of a head, a number of maps."""
+
+
+def load_light(model: ModelLike) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A private copy of ``model`` whose large weights are detached into arrays."""
+    light = load_model(model)
+    weights.constants_to_initializers(light)
+    return light, weights.detach(light)
+
+
+class SessionCache:
+    """Makes each session once, from models whose large weights are placeholders, and counts their runs."""
+
+    def __init__(self, source: ModelLike, detached: dict[str, np.ndarray], providers: Sequence[str],
+                 new_options: Callable[[], object]):
+        self._source = source
+        self._detached: Optional[dict[str, np.ndarray]] = detached
+        self._providers = list(providers)
+        self._new_options = new_options
+        self._sessions: dict[SessionKey, object] = {}
+        self.runs: Counter = Counter()
+        """Session runs so far, by :class:`Kind` value."""
+
+    def session(self, key: SessionKey, model: Callable[[], onnx.ModelProto]):
+        """The session for ``key``, made from ``model()`` the first time."""
+        if key not in self._sessions:
+            self._sessions[key] = self._make(model())
+        return self._sessions[key]
+
+    def run(self, key: SessionKey, model: Callable[[], onnx.ModelProto], names: Sequence[str],
+            feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session for ``key`` once; the outputs ``names`` by name."""
+        results = self.session(key, model).run(list(names), dict(feeds))
+        self.runs[key.kind.value] += 1
+        return dict(zip(names, results))
+
+    def write(self, model: onnx.ModelProto, path: str) -> None:
+        """Save a model built over the placeholders with the weights put back (external data only past
+        protobuf's 2 GiB limit)."""
+        complete = onnx.ModelProto()
+        complete.CopyFrom(model)
+        weights.attach(complete, self._take_weights())
+        onnx.save(complete, path, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
+
+    def _make(self, model: onnx.ModelProto):
+        # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;
+        # the arrays must live until then.
+        options = self._new_options()
+        needed = weights.placeholders(model)
+        if needed:
+            names, values = weights.ort_values(self._take_weights(), needed)
+            options.add_external_initializers(names, values)
+        return make_session(model, self._providers, options)
+
+    def _take_weights(self) -> dict[str, np.ndarray]:
+        """The detached weights, handed over once; later needs reload them from the source."""
+        taken, self._detached = self._detached, None
+        return taken if taken is not None else load_light(self._source)[1]

@@ -1,0 +1,92 @@
+"""What an Explainer explains, resolved once from the user's arguments: the model, the output, the layers and
+the image input. Everything after this works on a :class:`Subject`, never on the raw arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+from onnx import NodeProto
+
+from .graph.layers import Layer, TokenGrid, candidate_layers, resolve_layer
+from .graph.layout import guess_input_layout
+from .graph.view import GraphView
+from .metadata import Metadata
+
+Output = Union[str, int, None]
+LAYOUTS = ("NCHW", "NHWC")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model (its view), the output explained, the layers explained at and the image input.
+
+    ``keys`` name each layer's results: the name the user gave ("auto" by the layer's own name).
+    ``image_input`` is None for a cut-out head, whose maps are upsampled to a size fed at run time.
+    """
+
+    view: GraphView
+    output: str
+    layers: tuple[Layer, ...]
+    keys: tuple[str, ...]
+    image_input: Optional[str]
+    image_layout: str = "NCHW"
+    candidates: tuple[Layer, ...] = ()
+
+    def layers_after(self, node: NodeProto) -> list[str]:
+        """Candidate layers computed by ``node`` or after it, nearest first (for the no-rule error)."""
+        position = self.view.position.get(node.name)
+        producers = self.view.producer
+        return [layer.display_name for layer in self.candidates
+                if position is not None and layer.tensor in producers
+                and self.view.position[producers[layer.tensor].name] >= position]
+
+    def image_size(self, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
+        """(H, W) of the image input in ``feeds``."""
+        shape = feeds[self.image_input].shape
+        return tuple(shape[2:4] if self.image_layout == "NCHW" else shape[1:3])
+
+    def head(self, head_view: GraphView) -> "Subject":
+        """The same layers and output over a cut-out head: no image input (the size is fed instead)."""
+        return replace(self, view=head_view, image_input=None)
+
+
+def resolve_subject(view: GraphView, metadata: Metadata, layer: Union[str, Sequence[str]], output: Output,
+                    tokens: Optional[TokenGrid], layout: Optional[str]) -> Subject:
+    """The :class:`Subject` the user's arguments name; clear errors for unknown outputs, layers and layouts."""
+    output_name = resolve_output(view, output)
+    candidates = candidate_layers(view, output_name, metadata)
+    specs = [layer] if isinstance(layer, str) else list(layer)
+    if not specs:
+        raise ValueError("layer=[] names no layer; give 'auto', a layer name or a list of them")
+    layers = [resolve_layer(view, spec, output_name, candidates, metadata, tokens) for spec in specs]
+    keys = [found.display_name if spec == "auto" else spec for spec, found in zip(specs, layers)]
+    image_input, image_layout = _image_input(view, metadata, layout)
+    return Subject(view, output_name, tuple(layers), tuple(keys), image_input, image_layout, tuple(candidates))
+
+
+def resolve_output(view: GraphView, output: Output) -> str:
+    """The name of the output explained: by name, by index, or the first."""
+    names = view.output_names
+    if output is None:
+        return names[0]
+    if isinstance(output, int):
+        if not -len(names) <= output < len(names):
+            raise ValueError(f"output index {output} is out of range; the model has outputs {names}")
+        return names[output]
+    if output not in names:
+        raise ValueError(f"no output named {output!r}; the model's outputs are {names}")
+    return output
+
+
+def _image_input(view: GraphView, meta: Metadata, layout: Optional[str]) -> tuple[str, str]:
+    """The first float rank-4 input, and its layout (as given, from metadata, else guessed from where channels
+    sit)."""
+    if layout not in (None, *LAYOUTS):
+        raise ValueError(f"layout={layout!r}: the image input's layout is 'NCHW' or 'NHWC'")
+    for name in view.input_names:
+        shape = view.shape(name)
+        if view.is_float(name) and shape is not None and len(shape) == 4:
+            return name, layout or meta.input_layout or guess_input_layout(shape)
+    raise ValueError(f"the model has no image input of rank 4; its inputs are {view.input_names}")
