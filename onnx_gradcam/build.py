@@ -107,24 +107,23 @@ def _maps_step(b: NodeBuilder, io: _Interface, subject: Subject, built: Explaine
     """Per layer the method's contributions, then the raw map; then the final map at the image's size."""
     view = subject.view
     batch = view.shape(subject.output)[0]
-    cam_type = max((maps.map_type(view.elem_type(layer.tensor)) for layer in subject.layers),
-                   key=[TensorProto.FLOAT, TensorProto.DOUBLE].index)
     raws = []
     for layer in subject.layers:
-        activations, layer_gradients = (_as_map(b, _cast(b, t, cam_type), layer)
+        raw_type = maps.map_type(view.elem_type(layer.tensor))
+        activations, layer_gradients = (_as_map(b, b.cast(t, raw_type), layer)
                                         for t in (layer.tensor, gradients[layer.tensor]))
         contributions = GRADIENT_METHODS[method](b, activations, layer_gradients, layer)
         if contributions_only:
-            built.contributions.append(io.add_output(b, contributions, f"contrib/{layer.tensor}", cam_type,
+            built.contributions.append(io.add_output(b, contributions, f"contrib/{layer.tensor}", raw_type,
                                                      list(layer.shape)))
             continue
         raw = channel_map(b, contributions, layer)
         hw = [layer.shape[axis] for axis in layer.spatial_axes]
-        built.raw.append(io.add_output(b, raw, f"cam_raw/{layer.tensor}", cam_type, [batch, *hw]))
+        built.raw.append(io.add_output(b, raw, f"cam_raw/{layer.tensor}", raw_type, [batch, *hw]))
         raws.append(raw)
     if raws:
         size, image_hw = _image_size_step(b, io, subject, built)
-        built.cam = io.add_output(b, maps.finish(b, raws, size), CAM_OUTPUT, cam_type, [batch, *image_hw])
+        built.cam = io.add_output(b, maps.finish(b, raws, size), CAM_OUTPUT, maps.CAM_TYPE, [batch, *image_hw])
 
 
 def _image_size_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel):
@@ -135,10 +134,6 @@ def _image_size_step(b: NodeBuilder, io: _Interface, subject: Subject, built: Ex
     shape = subject.view.shape(subject.image_input)
     image_hw = shape[2:4] if subject.image_layout == "NCHW" else shape[1:3]
     return maps.image_size(b, subject.image_input, subject.image_layout), image_hw
-
-
-def _cast(b: NodeBuilder, tensor: str, elem_type: int) -> str:
-    return tensor if b.elem_type(tensor) == elem_type else b.op("Cast", tensor, to=elem_type)
 
 
 def _as_map(b: NodeBuilder, tensor: str, layer: Layer) -> str:

@@ -87,6 +87,11 @@ class Explainer:
 
     # --- what is explained ---------------------------------------------------------------------------------
     @property
+    def output(self) -> str:
+        """The name of the output explained (``result.outputs[explainer.output]``)."""
+        return self.subject.output
+
+    @property
     def layers(self) -> list[Layer]:
         """The layers explained at (``subject.keys`` names their results)."""
         return list(self.subject.layers)

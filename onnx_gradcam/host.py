@@ -51,16 +51,16 @@ class OnHost:
         raws = []
         for index, layer in enumerate(self.subject.layers):
             if host_method is None:  # eigen_smooth of a gradient method
-                raws.append(np.maximum(eigen.project_2d(map_as_nchw(values[built.contributions[index]], layer)), 0))
-                continue
-            evidence = LayerEvidence(
-                activations=as_nchw(values[layer.tensor], layer),
-                gradients=as_nchw(values[built.gradients[index]], layer) if with_gradients else None,
-                images=feeds[self.subject.image_input], channels_first=self.subject.image_layout == "NCHW",
-                scores=_scores(outputs, seeds), score_images=self._image_scorer(feeds, seeds),
-                score_activations=self._activation_scorer(layer, values[layer.tensor], feeds, seeds),
-                per_run=self.perturbations_per_run, eigen_smooth=self.eigen_smooth)
-            raws.append(host_method.raw_map(evidence))
+                raw = np.maximum(eigen.project_2d(map_as_nchw(values[built.contributions[index]], layer)), 0)
+            else:
+                raw = host_method.raw_map(LayerEvidence(
+                    activations=as_nchw(values[layer.tensor], layer),
+                    gradients=as_nchw(values[built.gradients[index]], layer) if with_gradients else None,
+                    images=feeds[self.subject.image_input], channels_first=self.subject.image_layout == "NCHW",
+                    scores=_scores(outputs, seeds), score_images=self._image_scorer(feeds, seeds),
+                    score_activations=self._activation_scorer(layer, values[layer.tensor], feeds, seeds),
+                    per_run=self.perturbations_per_run, eigen_smooth=self.eigen_smooth))
+            raws.append(_finite(raw, self.method, self.subject.keys[index]))
         return Explanation(cams=self._finish(raws, self.subject.image_size(feeds)),
                            raw=dict(zip(self.subject.keys, raws)),
                            outputs={name: values[name] for name in built.model_outputs},
@@ -125,6 +125,14 @@ def _maps_model(count: int, dtype: np.dtype) -> onnx.ModelProto:
         [tensor_info(n, elem_type, ["N", None, None]) for n in names] + [tensor_info(IMAGE_SIZE, onnx.TensorProto.INT64, [2])],
         [tensor_info(CAM, elem_type, ["N", None, None])], initializer=b.initializers)
     return set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+
+
+def _finite(raw: np.ndarray, method: str, layer: str) -> np.ndarray:
+    """``raw``, or an error where the method's arithmetic left NaN or inf in it (never a silent NaN map)."""
+    if not np.isfinite(raw).all():
+        raise FloatingPointError(f"{method} at layer {layer!r} gave non-finite values (NaN or inf): the model's "
+                                 "scores on the perturbed inputs overflowed in its float type")
+    return raw
 
 
 def _seeds(target: TargetFeed, outputs: np.ndarray, classes) -> np.ndarray:

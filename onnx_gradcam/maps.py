@@ -4,6 +4,10 @@ It follows pytorch-grad-cam's convention, so maps compare one to one: per layer,
 guard) at the layer's resolution, bilinear resize; then the mean over layers, min-max again. Normalising
 before the resize keeps maps of tiny magnitude (random weights, saturated outputs) from vanishing
 under the guard. Every constant takes the type of the map it meets.
+
+Raw maps are computed in float32, or float64 for float64 layers (:func:`map_type`); each is normalised in
+that type, then upsampled and combined in float32 (``CAM_TYPE``): ONNX Runtime's CPU Resize has no float64
+kernel, and a map in [0, 1] loses nothing that matters in float32.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from onnx import TensorProto
 from .graph.builder import NodeBuilder
 
 EPSILON = 1e-7
+CAM_TYPE = TensorProto.FLOAT
 
 
 def map_type(layer_type: int) -> int:
@@ -56,5 +61,6 @@ def combine(b: NodeBuilder, per_layer: Sequence[str]) -> str:
 
 
 def finish(b: NodeBuilder, raws: Sequence[str], size: str) -> str:
-    """Raw maps of one or more layers -> the final (N, H, W) map: each normalised and upsampled, then combined."""
-    return combine(b, [upsample(b, min_max(b, raw), size) for raw in raws])
+    """Raw maps of one or more layers -> the final (N, H, W) float32 map: each normalised and upsampled, then
+    combined."""
+    return combine(b, [upsample(b, b.cast(min_max(b, raw), CAM_TYPE), size) for raw in raws])

@@ -144,7 +144,7 @@ def test_explain_a_folder_of_fifty_images_with_one_corrupt(converted, tmp_path, 
     assert len(rows) == 51 and [r["image"].split("/")[-1] for r in rows if "error" in r] == ["photo_50.png"]
     with open(out / "summary.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    layer = Explainer(str(onnx_path)).layer_keys[0]
+    layer = Explainer(str(onnx_path)).subject.keys[0]
     assert len(table) == 51 and {(row["layer"], row["method"]) for row in table} == {(layer, "gradcam")}
     explained = [row for row in table if not row["error"]]
     assert len(explained) == 50

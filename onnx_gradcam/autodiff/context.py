@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import NodeProto, TensorProto, helper
 
 from ..graph.builder import Attr, NodeBuilder, node_attributes
 from ..graph.view import Dim, GraphView
@@ -107,6 +107,16 @@ class GradContext:
     # --- small building blocks ---------------------------------------------------------------------------
     def where_else_zero(self, condition: str, value: str, like: str) -> str:
         return self.op("Where", condition, value, self.scalar(0.0, like))
+
+    def scatter_add(self, data: str, indices: str, updates: str, axis: int = 0) -> str:
+        """``ScatterElements(reduction="add")``, summed in float32 for float16 and bfloat16 (which ONNX
+        Runtime's CPU kernel does not add in; float32 sums are also the more accurate)."""
+        elem_type = self.builder.elem_type(data)
+        if elem_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            return self.op("ScatterElements", data, indices, updates, axis=axis, reduction="add")
+        summed = self.op("ScatterElements", self.builder.cast(data, TensorProto.FLOAT), indices,
+                         self.builder.cast(updates, TensorProto.FLOAT), axis=axis, reduction="add")
+        return self.builder.cast(summed, elem_type)
 
     def mask(self, condition: str, like: str) -> str:
         """``condition`` as 0/1 in ``like``'s float type."""

@@ -111,6 +111,10 @@ class NodeBuilder:
             return self.const(value, helper.tensor_dtype_to_np_dtype(elem_type), hint="scalar")
         return self.op("CastLike", self.const(value, np.float64, hint="scalar"), like)
 
+    def cast(self, name: str, elem_type: int) -> str:
+        """``name`` in ``elem_type``: itself where it has that type already."""
+        return name if self.elem_type(name) == elem_type else self.op("Cast", name, to=elem_type)
+
     def zeros_like(self, name: str) -> str:
         """Zeros shaped and typed like ``name``, whatever ``name`` holds (no ``name * 0``: that is NaN at inf)."""
         return self.op("Expand", self.scalar(0.0, name), self.op("Shape", name))

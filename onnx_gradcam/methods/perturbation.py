@@ -5,7 +5,8 @@ the whole model on the image masked by each channel's upsampled activation (Wang
 re-runs only the head with one channel ablated at a time (Desai & Ramaswamy 2020). Inputs are NCHW.
 The details follow pytorch-grad-cam 1.5.7 so maps compare one to one: Score-CAM's masks are upsampled with
 align_corners=True and min-max normalised with a 1e-8 guard, its weights are a softmax over channels;
-Ablation-CAM sets a channel to 0 where the layer's minimum is 0 (post-ReLU) and to min - 1e7 otherwise, and
+Ablation-CAM sets a channel to 0 where the layer's minimum is 0 (post-ReLU) and to min - 1e7 otherwise
+(bounded in float16, see :func:`ablation_value`), and
 weights channels by the relative drop of the score.
 """
 
@@ -60,6 +61,13 @@ def score_cam_weights(activations: np.ndarray, images: np.ndarray, channels_firs
     return np.stack(weights)
 
 
+def ablation_value(lowest: float, dtype: np.dtype) -> float:
+    """The value an ablated channel takes at a layer whose minimum is ``lowest`` (not 0): ``lowest - 1e7``,
+    but no lower than 1/256 of the type's range, so that the head's sums stay finite in float16 (where
+    ``lowest - 1e7`` is -inf and the scores NaN)."""
+    return max(float(lowest) - ABLATION_OFFSET, float(np.finfo(dtype).min) * 2.0**-8)
+
+
 def ablation_cam_weights(activations: np.ndarray, original: np.ndarray, score: ScoreFunction,
                          batch_size: int) -> np.ndarray:
     """(N, C) weights: (score - score with channel c ablated) / score, per image and channel."""
@@ -67,7 +75,7 @@ def ablation_cam_weights(activations: np.ndarray, original: np.ndarray, score: S
     weights = []
     for index, image_activations in enumerate(activations):
         lowest = image_activations.min()
-        value = 0.0 if lowest == 0 else lowest - ABLATION_OFFSET
+        value = 0.0 if lowest == 0 else ablation_value(lowest, image_activations.dtype)
         scores = []
         for start in range(0, channels, batch_size):
             picked = np.arange(start, min(start + batch_size, channels))

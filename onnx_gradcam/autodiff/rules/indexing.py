@@ -91,7 +91,7 @@ def _gather(g: GradContext, s: Step):
 @rule("GatherElements")
 def _gather_elements(g: GradContext, s: Step):
     data, indices = s.x
-    dx = g.op("ScatterElements", g.zeros_like(data), indices, s.dy[0], axis=s.attr("axis", 0), reduction="add")
+    dx = g.scatter_add(g.zeros_like(data), indices, s.dy[0], axis=s.attr("axis", 0))
     return s.first(dx)
 
 

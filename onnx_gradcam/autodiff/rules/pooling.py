@@ -17,8 +17,7 @@ def scatter_add_flat(g: GradContext, like: str, flat_indices: str, values: str) 
     """A tensor shaped like ``like``: zeros, plus ``values`` added at the flat positions ``flat_indices``."""
     size = g.op("Reshape", g.op("Size", like), g.ints([1]))
     zeros = g.op("ConstantOfShape", size, value=helper.make_tensor("zero", g.view.elem_type(like), [1], [0]))
-    flat = g.op("ScatterElements", zeros, g.op("Reshape", flat_indices, g.ints([-1])),
-                g.op("Reshape", values, g.ints([-1])), axis=0, reduction="add")
+    flat = g.scatter_add(zeros, g.op("Reshape", flat_indices, g.ints([-1])), g.op("Reshape", values, g.ints([-1])))
     return g.reshape_like(flat, like)
 
 
