@@ -36,9 +36,13 @@ class LayerGradients:
     gradients: np.ndarray
 
 
+OUT_OF_MEMORY = ("failed to allocate", "bad_alloc", "bad allocation", "is smaller than requested bytes")
+"""What ONNX Runtime's allocation failures say (CUDA, the C++ runtime, the BFC arena at its memory limit)."""
+
+
 def out_of_memory(error: Exception) -> bool:
     text = str(error).lower()
-    return "failed to allocate" in text or "bad_alloc" in text or "bad allocation" in text
+    return any(phrase in text for phrase in OUT_OF_MEMORY)
 
 
 def rows(feeds: dict, start: int, stop: int) -> dict:

@@ -92,10 +92,6 @@ class TargetFeed:
     seeding: Seeding
     values: np.ndarray
 
-    @property
-    def classes(self) -> Optional[np.ndarray]:
-        return self.values if self.seeding in (Seeding.CLASS, Seeding.PROBABILITY) else None
-
 
 Targets = Union[None, int, Probability, Mask, Detection, Sequence, np.ndarray]
 """What a caller may ask to explain; see :meth:`onnx_gradcam.Explainer.__call__`."""
