@@ -55,8 +55,11 @@ def normalize(model: ModelProto) -> ModelProto:
 
 
 def set_ir_version(model: ModelProto) -> ModelProto:
-    """Give a model this package built an IR version that both onnx.checker and ONNX Runtime accept."""
-    needed = helper.find_min_ir_version_for(list(model.opset_import))
+    """Give a model this package built an IR version that both onnx.checker and ONNX Runtime accept.
+
+    Domains onnx does not know (``com.microsoft``, ``com.ms.internal.nhwc``, which ONNX Runtime's optimiser
+    and quantisation tools import) set no minimum: onnx would otherwise refuse them outright."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     model.ir_version = max(needed, min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION))
     return model
 

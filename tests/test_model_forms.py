@@ -1,0 +1,43 @@
+"""Models in the forms deployment tools write them: other opset domains imported, graphs ONNX Runtime's
+offline optimiser rewrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnx_gradcam import Explainer
+
+CLASSES = [1, 5, 7, 9, 11, 13, 15, 17]
+
+
+def _optimised(path: str, level, out: str) -> str:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.optimized_model_filepath = out
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return out
+
+
+def test_a_model_importing_other_domains_explains_as_before(resnet, tmp_path):
+    _, images, path = resnet
+    model = onnx.load(path)
+    model.opset_import.extend([onnx.helper.make_opsetid("com.microsoft", 1),
+                               onnx.helper.make_opsetid("com.ms.internal.nhwc", 1)])
+    plain = Explainer(path)(images.numpy(), CLASSES).cams
+    imported = Explainer(model)(images.numpy(), CLASSES).cams
+    np.testing.assert_array_equal(imported, plain)
+
+
+@pytest.mark.parametrize("layer", ["auto", "layer3.1"])
+def test_a_graph_optimised_offline_at_basic_level_gives_the_same_gradients(resnet, tmp_path, layer):
+    _, images, path = resnet
+    optimised = _optimised(path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, str(tmp_path / "basic.onnx"))
+    assert {o.domain for o in onnx.load(optimised).opset_import} >= {"com.microsoft"}
+    theirs = Explainer(optimised, layer=layer).gradients(images.numpy(), CLASSES)
+    ours = Explainer(path, layer=layer).gradients(images.numpy(), CLASSES)
+    (expected,), (actual,) = ours.values(), theirs.values()
+    error = np.linalg.norm(actual.gradients - expected.gradients) / np.linalg.norm(expected.gradients)
+    assert np.linalg.norm(expected.gradients) > 0 and error <= 1e-4
