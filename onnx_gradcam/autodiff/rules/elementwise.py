@@ -73,10 +73,11 @@ def _prelu(g: GradContext, s: Step):
 
 @rule("Clip")
 def _clip(g: GradContext, s: Step):
-    # As torch's clamp: the gradient passes where min <= x <= max (either bound may be absent).
+    # As torch's clamp, relu6 and hardtanh and TensorFlow's relu6: the gradient passes strictly inside,
+    # min < x < max, and is 0 at a bound (either bound may be absent).
     x = s.x[0]
     inside = None
-    for index, compare in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
+    for index, compare in ((1, "Greater"), (2, "Less")):
         if s.has_input(index):
             test = g.op(compare, x, s.x[index])
             inside = test if inside is None else g.op("And", inside, test)
@@ -101,11 +102,11 @@ def _hard_sigmoid(g: GradContext, s: Step):
 
 @rule("HardSwish")
 def _hard_swish(g: GradContext, s: Step):
-    # y = x * clip(x/6 + 1/2, 0, 1); as torch: 0 below -3, x/3 + 1/2 up to 3, 1 above.
+    # y = x * clip(x/6 + 1/2, 0, 1); as torch: 0 up to -3, x/3 + 1/2 strictly between, 1 from 3 on.
     x = s.x[0]
     middle = g.op("Add", g.op("Div", x, g.scalar(3.0, x)), g.scalar(0.5, x))
-    upper = g.op("Where", g.op("LessOrEqual", x, g.scalar(3.0, x)), middle, g.scalar(1.0, x))
-    return _chain(g, s, g.op("Where", g.op("Less", x, g.scalar(-3.0, x)), g.scalar(0.0, x), upper))
+    upper = g.op("Where", g.op("Less", x, g.scalar(3.0, x)), middle, g.scalar(1.0, x))
+    return _chain(g, s, g.op("Where", g.op("LessOrEqual", x, g.scalar(-3.0, x)), g.scalar(0.0, x), upper))
 
 
 @rule("Tanh")
