@@ -18,7 +18,8 @@ import onnx
 from . import metadata as metadata_schema
 from .build import deployable_model
 from .explainer_models import ExplainerModels
-from .explanation import Explanation, Images, LayerGradients, join, out_of_memory, rows, target_rows
+from .explanation import Explanation, LayerGradients, join, join_gradients, out_of_memory, rows, target_rows
+from .feeds import Images, model_feeds
 from .graph.layers import Layer, TokenGrid
 from .graph.model import ModelLike, normalize
 from .graph.view import GraphView
@@ -119,26 +120,31 @@ class Explainer:
         feeds = self._feeds(images)
         if aug_smooth:
             return self._augmented(feeds, targets)
-        return self._chunked(feeds, targets, self.max_batch)
+        return self._chunked(self._explain, join, feeds, targets, self.max_batch)
 
     def gradients(self, images: Images, targets: Targets = None) -> dict[str, LayerGradients]:
-        """Per layer (keyed as given): its activations and d(target)/d(activations), as NumPy arrays."""
-        feeds = self._feeds(images)
-        return self._in_graph.gradients(feeds, self._target(targets, feeds))
+        """Per layer (keyed as given): its activations and d(target)/d(activations), as NumPy arrays.
+        Batches are split as for :meth:`__call__`."""
+        def gradients(feeds: dict, chunk_targets: Targets) -> dict[str, LayerGradients]:
+            return self._in_graph.gradients(feeds, self._target(chunk_targets, feeds))
 
-    def _chunked(self, feeds: dict, targets: Targets, max_batch: Optional[int]) -> Explanation:
-        """One batch, or chunks of ``max_batch``; a batch ONNX Runtime cannot allocate is halved for this call."""
+        return self._chunked(gradients, join_gradients, self._feeds(images), targets, self.max_batch)
+
+    def _chunked(self, run: Callable, join_parts: Callable, feeds: dict, targets: Targets,
+                 max_batch: Optional[int]):
+        """``run`` on one batch, or on chunks of ``max_batch`` joined by ``join_parts``; a batch ONNX Runtime
+        cannot allocate is halved, for this call only."""
         batch = len(feeds[self.subject.image_input])
         if batch <= (max_batch or batch):
             try:
-                return self._explain(feeds, targets)
+                return run(feeds, targets)
             except Exception as error:  # noqa: BLE001  (only allocation failures are retried)
                 if batch == 1 or not out_of_memory(error):
                     raise
                 max_batch = batch // 2
-        return join([self._chunked(rows(feeds, start, start + max_batch),
-                                   target_rows(targets, start, start + max_batch, batch), max_batch)
-                     for start in range(0, batch, max_batch)])
+        return join_parts([self._chunked(run, join_parts, rows(feeds, start, start + max_batch),
+                                         target_rows(targets, start, start + max_batch, batch), max_batch)
+                           for start in range(0, batch, max_batch)])
 
     def _explain(self, feeds: dict, targets: Targets) -> Explanation:
         if several_per_image(targets):
@@ -156,8 +162,8 @@ class Explainer:
             for factor in AUG_FACTORS:
                 image = feeds[self.subject.image_input] * np.asarray(factor, feeds[self.subject.image_input].dtype)
                 image = np.flip(image, width_axis) if flip else image
-                result = self._chunked({**feeds, self.subject.image_input: np.ascontiguousarray(image)}, targets,
-                                       self.max_batch)
+                result = self._chunked(self._explain, join, {**feeds, self.subject.image_input:
+                                                             np.ascontiguousarray(image)}, targets, self.max_batch)
                 if flip:
                     result.cams = np.flip(result.cams, -1)
                     result.raw = {key: np.flip(value, -1) for key, value in result.raw.items()}
@@ -173,20 +179,7 @@ class Explainer:
         return target_feed(targets, len(feeds[self.subject.image_input]), view.shape(output), dtype)
 
     def _feeds(self, images: Images) -> dict[str, np.ndarray]:
-        inputs = self.subject.view.input_names
-        if isinstance(images, Mapping):
-            missing = set(inputs) - set(images)
-            if missing:
-                raise ValueError(f"missing model inputs {sorted(missing)}; the model takes {inputs}")
-            return {name: np.asarray(images[name]) for name in inputs}
-        if len(inputs) != 1:
-            raise ValueError(f"the model takes several inputs {inputs}: pass a dict of arrays")
-        array = np.asarray(images)
-        expected = self.subject.view.rank(inputs[0])
-        if expected is not None and array.ndim != expected:
-            raise ValueError(f"input {inputs[0]!r} takes rank-{expected} arrays {self.subject.view.shape(inputs[0])}, "
-                             f"got shape {array.shape}")
-        return {inputs[0]: array}
+        return model_feeds(self.subject.view, images)
 
     # --- models to save and deploy -----------------------------------------------------------------------
     def explainer_model(self, seeding: Seeding = Seeding.CLASS):

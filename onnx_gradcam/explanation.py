@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Optional
 
 import numpy as np
 
 from .graph.layers import Layer
 
-Images = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
 @dataclass
@@ -67,3 +66,8 @@ def join(parts: list) -> Explanation:
                        raw={key: cat([p.raw[key] for p in parts]) for key in first.raw},
                        outputs={key: cat([p.outputs[key] for p in parts]) for key in first.outputs},
                        classes=cat([p.classes for p in parts]), layers=first.layers)
+
+
+def join_gradients(parts: list[dict[str, LayerGradients]]) -> dict[str, LayerGradients]:
+    return {key: LayerGradients(np.concatenate([p[key].activations for p in parts]),
+                                np.concatenate([p[key].gradients for p in parts])) for key in parts[0]}

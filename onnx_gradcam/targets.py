@@ -53,6 +53,7 @@ class Mask:
 
     def seed(self, output_shape: Sequence[int], dtype) -> np.ndarray:
         classes, *spatial = output_shape
+        _check_index("class index", self.class_index, classes)
         seed = np.zeros(output_shape, dtype)
         mask = np.ones(spatial) if self.mask is None else np.asarray(self.mask)
         if mask.shape != tuple(spatial):
@@ -74,14 +75,21 @@ class Detection:
     layout: str = "boxes_last"
 
     def seed(self, output_shape: Sequence[int], dtype) -> np.ndarray:
-        seed = np.zeros(output_shape, dtype)
-        if self.layout == "boxes_last":
-            seed[4 + self.class_index, self.anchor] = 1
-        elif self.layout == "boxes_first":
-            seed[self.anchor, 5 + self.class_index] = 1
-        else:
+        if self.layout not in ("boxes_last", "boxes_first"):
             raise ValueError(f"unknown detection layout {self.layout!r}: 'boxes_last' or 'boxes_first'")
+        rows, columns = output_shape if self.layout == "boxes_last" else output_shape[::-1]
+        first_class = 4 if self.layout == "boxes_last" else 5
+        _check_index("class index", self.class_index, rows - first_class)
+        _check_index("anchor", self.anchor, columns)
+        seed = np.zeros(output_shape, dtype)
+        position = (first_class + self.class_index, self.anchor)
+        seed[position if self.layout == "boxes_last" else position[::-1]] = 1
         return seed
+
+
+def _check_index(what: str, index: int, count: int) -> None:
+    if not 0 <= index < count:
+        raise ValueError(f"{what} {index} is out of range: the output has {count} ({0}..{count - 1})")
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,20 @@ def target_feed(targets: Targets, batch: int, output_shape: Optional[Sequence], 
         classes = np.repeat(classes, batch)
     if classes.size != batch:
         raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one class for all")
+    _check_classes(classes, output_shape)
     return TargetFeed(Seeding.PROBABILITY if probability else Seeding.CLASS, classes)
+
+
+def _check_classes(classes: np.ndarray, output_shape: Optional[Sequence]) -> None:
+    """Class indices within the output's classes, or -1 (never quietly clamped or wrapped by ONNX Runtime)."""
+    count = output_shape[1] if output_shape is not None and len(output_shape) == 2 else None
+    known = isinstance(count, int)
+    bad = classes[(classes < TOP_CLASS) | ((classes >= count) if known else False)]
+    if bad.size:
+        valid = f"0..{count - 1}" if known else "0 or more"
+        raise ValueError(f"class index {int(bad[0])} is out of range: the output has "
+                         f"{count if known else 'an unknown number of'} classes ({valid}); -1 asks for each "
+                         "image's top class")
 
 
 def _host_seeds(targets: list, batch: int, output_shape: Optional[Sequence], dtype: np.dtype) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Union
 import onnx
 from onnx import ModelProto, helper, shape_inference, version_converter
 
+from .weights import LOCATION as IN_MEMORY
+
 MIN_OPSET = 18
 """Models older than this are converted up: from opset 18 on, every reduction takes its axes as an input."""
 
@@ -24,6 +26,7 @@ ModelLike = Union[str, os.PathLike, bytes, ModelProto]
 def load_model(model: ModelLike) -> ModelProto:
     """Return a private copy of ``model`` (a path, serialized bytes or a ``ModelProto``), external data included."""
     if isinstance(model, ModelProto):
+        _check_weights_loaded(model)
         copy = ModelProto()
         copy.CopyFrom(model)
         return copy
@@ -36,6 +39,16 @@ def load_model(model: ModelLike) -> ModelProto:
     raise TypeError(
         f"expected a path, bytes or onnx.ModelProto for the model, got {type(model).__name__}"
     )
+
+
+def _check_weights_loaded(model: ModelProto) -> None:
+    """A ``ModelProto`` loaded without its external data has placeholders where weights belong."""
+    for tensor in model.graph.initializer:
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and location != IN_MEMORY:
+            raise ValueError(f"weight {tensor.name!r} is stored outside the model (external data in {location!r}) "
+                             "and was not loaded: pass the model's path instead, or load it with "
+                             "onnx.load(path, load_external_data=True)")
 
 
 def default_opset(model: ModelProto) -> int:
