@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import difflib
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -10,9 +9,9 @@ from typing import Optional, Sequence
 from ..metadata import Metadata
 from .layout import guess_input_layout, infer_layouts
 from .tf_names import is_tf2onnx, tf2onnx_layer_names
+from .torch_names import module_scopes
 from .view import Dim, GraphView
 
-TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
 @dataclass(frozen=True)
@@ -63,14 +62,15 @@ class Layer:
 
 
 def framework_names(view: GraphView, metadata: Metadata) -> dict[str, list[str]]:
-    """Tensor name -> framework names, outermost first: from our metadata, else from exporter scopes."""
+    """Tensor name -> framework names, outermost first: from our metadata, else from exporter scopes (tf2onnx
+    node names, PyTorch's scopes or node names; see :mod:`.torch_names`)."""
     names: dict[str, list[str]] = {}
     for name, info in metadata.layers.items():
         names.setdefault(info.tensor, []).append(name)
     if is_tf2onnx(view.model):
         for tensor, scopes in tf2onnx_layer_names(view).items():
             names.setdefault(tensor, scopes)
-    scopes_of = {node.name: _torch_module_scopes(node) for node in view.nodes}
+    scopes_of = module_scopes(view.nodes)
     last_node_of: dict[str, int] = {}
     for index, node in enumerate(view.nodes):
         for scope in scopes_of[node.name]:
@@ -80,18 +80,6 @@ def framework_names(view: GraphView, metadata: Metadata) -> dict[str, list[str]]
         if ended and node.output and node.output[0] not in names:
             names[node.output[0]] = ended
     return names
-
-
-def _torch_module_scopes(node) -> list[str]:
-    """The module paths a node belongs to, outermost first (the root '' and the op's own name dropped)."""
-    for prop in node.metadata_props:
-        if prop.key == TORCH_SCOPES:
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return []
-            return [s for s in scopes[:-1] if s]
-    return []
 
 
 def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[Layer]:
