@@ -13,6 +13,7 @@ from .autodiff import UnsupportedOperatorError, gradient_model, supported_ops
 from .explainer import Explainer
 from .explanation import Explanation, LayerGradients
 from .export import export_explainer, export_triton
+from .graph.default_layer import default_layer as choose_default
 from .graph.layers import Layer, TokenGrid, candidate_layers
 from .graph.model import ModelLike, load_model, normalize
 from .graph.view import GraphView
@@ -23,10 +24,19 @@ __version__ = "0.1.0"
 
 
 def list_layers(model: ModelLike, output: Union[str, int, None] = None) -> list[Layer]:
-    """The candidate target layers of ``model`` on the path to ``output``, in graph order (the last is the default)."""
+    """The candidate target layers of ``model`` on the path to ``output``, in graph order."""
     view = GraphView(normalize(load_model(model)))
     return candidate_layers(view, resolve_output(view, output), _metadata.read(view.model))
 
 
+def default_layer(model: ModelLike, output: Union[str, int, None] = None) -> Layer:
+    """The layer ``layer="auto"`` explains at: for classifiers the last candidate, for dense prediction the
+    deepest lowest-resolution feature map the output does not merely re-arrange (see
+    :mod:`onnx_gradcam.graph.default_layer`)."""
+    view = GraphView(normalize(load_model(model)))
+    output_name = resolve_output(view, output)
+    return choose_default(view, candidate_layers(view, output_name, _metadata.read(view.model)), output_name)
+
+
 __all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Probability", "Seeding", "TokenGrid",
-           "UnsupportedOperatorError", "export_explainer", "export_triton", "gradient_model", "list_layers", "supported_ops"]
+           "UnsupportedOperatorError", "default_layer", "export_explainer", "export_triton", "gradient_model", "list_layers", "supported_ops"]

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import list_layers
+from . import default_layer, list_layers
 from .autodiff import UnsupportedOperatorError
 from .explainer import EXPORT_TARGETS, Explainer
 from .export import default_name, explainer_to_export, write_triton_entry
@@ -127,13 +127,18 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
 
 
 def _layers(args) -> int:
-    rows = [(layer.tensor, layer.op, "x".join(str(d) for d in layer.shape), layer.name or "", layer.layout)
-            for layer in list_layers(args.model, args.output)]
-    header = ("tensor", "op", "shape", "framework name", "layout")
+    layers = list_layers(args.model, args.output)
+    if not layers:
+        print("no candidate layers")
+        return 0
+    chosen = default_layer(args.model, args.output).tensor
+    rows = [("*" if layer.tensor == chosen else "", layer.tensor, layer.op, "x".join(str(d) for d in layer.shape),
+             layer.name or "", layer.layout) for layer in layers]
+    header = ("", "tensor", "op", "shape", "framework name", "layout")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"default (layer='auto'): {rows[-1][0]}" if rows else "no candidate layers")
+    print(f"* default (layer='auto'): {chosen}")
     return 0
 
 

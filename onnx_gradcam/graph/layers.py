@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..metadata import Metadata
+from .default_layer import default_layer
 from .layout import guess_input_layout, infer_layouts
 from .tf_names import is_tf2onnx, tf2onnx_layer_names
 from .torch_names import module_scopes
@@ -91,8 +92,8 @@ def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[L
     candidates = []
     for node in view.nodes:
         for tensor in node.output:
-            if not tensor or tensor not in needed or not view.is_float(tensor):
-                continue
+            if not tensor or tensor not in needed or not view.is_float(tensor) or view.is_constant(tensor):
+                continue  # a weight held in a Constant node is no activation
             layer = make_layer(view, tensor, names, layouts)
             if layer is not None and layer.layout in ("NCHW", "NHWC") and _has_spatial_extent(layer):
                 candidates.append(layer)
@@ -131,16 +132,6 @@ def _has_spatial_extent(layer: Layer) -> bool:
     return all(not isinstance(layer.shape[a], int) or layer.shape[a] > 1 for a in layer.spatial_axes)
 
 
-def default_layer(candidates: Sequence[Layer], output: str) -> Layer:
-    """The last candidate before the output: where the spatial dims are about to be pooled or flattened away."""
-    if not candidates:
-        raise ValueError(
-            f"no tensor of rank 4 with a spatial extent lies on the path to output {output!r}; name a layer "
-            "explicitly (for token activations of shape (N, tokens, C), give a reshape spec)"
-        )
-    return candidates[-1]
-
-
 def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[Layer],
                   metadata: Metadata, tokens: Optional[TokenGrid] = None) -> Layer:
     """The layer a user named: 'auto', a framework name, or any float tensor of rank 4 before ``output``
@@ -148,7 +139,7 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
     if spec == "auto":
         if tokens:
             raise ValueError("token activations need the layer named explicitly (e.g. the last block's norm)")
-        return default_layer(candidates, output)
+        return default_layer(view, candidates, output)
     if not tokens:
         for layer in candidates:
             if spec == layer.tensor or spec == layer.name or spec in layer.aliases:

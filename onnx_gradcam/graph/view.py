@@ -119,6 +119,10 @@ class GraphView:
             return None
         return numpy_helper.to_array(tensor)
 
+    def is_constant(self, name: str) -> bool:
+        """An initializer or ``Constant`` output (also where its data is held elsewhere)."""
+        return name in self._constants
+
     # --- structure ---------------------------------------------------------------------------------------
     def depends_on(self, sources: Iterable[str]) -> set[str]:
         """Every tensor computed (in part) from ``sources``, the sources included."""
