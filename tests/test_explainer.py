@@ -193,8 +193,10 @@ def test_unknown_provider_is_named():
         Explainer(_tiny_model(), providers=["NoSuchExecutionProvider"])
 
 
-def _tiny_model(head_op: str = "Identity", opset: int = 20, weights_as_constants: bool = False) -> onnx.ModelProto:
-    """x (N,2,6,6) -> Conv -> Relu -> {head_op} -> mean -> Gemm -> logits (N, 3)."""
+def _tiny_model(head_op: str = "Identity", opset: int = 20, weights_as_constants: bool = False,
+                ir_version: int = 8) -> onnx.ModelProto:
+    """x (N,2,6,6) -> Conv -> Relu -> {head_op} -> mean -> Gemm -> logits (N, 3). IR 3 lists the
+    initializers among the graph inputs too, as that IR required."""
     rng = np.random.default_rng(0)
     conv_w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     fc_w = rng.standard_normal((4, 3)).astype(np.float32)
@@ -204,20 +206,22 @@ def _tiny_model(head_op: str = "Identity", opset: int = 20, weights_as_constants
         helper.make_node(head_op, ["act"] + (["axis"] if head_op == "CumSum" else []), ["mid"], name="odd"),
         helper.make_node("ReduceMean", ["mid"] + (["axes"] if opset >= 18 else []), ["pooled"], name="pool",
                          keepdims=0, **({} if opset >= 18 else {"axes": [2, 3]})),
-        helper.make_node("Gemm", ["pooled", "fc_w"], ["logits"], name="fc"),
+        helper.make_node("Gemm", ["pooled", "fc_w"] + (["fc_b"] if opset < 11 else []), ["logits"], name="fc"),
     ]
-    constants = {"conv_w": conv_w, "fc_w": fc_w, "axes": np.array([2, 3], np.int64), "axis": np.array(3, np.int64)}
+    constants = {"conv_w": conv_w, "fc_w": fc_w, "axes": np.array([2, 3], np.int64), "axis": np.array(3, np.int64),
+                 **({"fc_b": np.zeros(3, np.float32)} if opset < 11 else {})}
     initializers = [numpy_helper.from_array(v, k) for k, v in constants.items()]
     if weights_as_constants:
         nodes = [helper.make_node("Constant", [], [t.name], name=f"const_{t.name}", value=t)
                  for t in initializers] + nodes
         initializers = []
+    listed = [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in initializers] if ir_version < 4 else []
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
-                                                                            ["N", 2, 6, 6])],
+                                                                            ["N", 2, 6, 6]), *listed],
                               [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])],
                               initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model.ir_version = ir_version
     return model
 
 
@@ -234,10 +238,14 @@ def _tiny_torch(model: onnx.ModelProto) -> tuple:
     return weights["conv_w"], weights["fc_w"]
 
 
-@pytest.mark.parametrize("opset, constants", [(20, False), (13, False), (20, True)],
-                         ids=["opset20", "opset13-converted", "weights-as-Constant-nodes"])
-def test_old_opsets_and_constant_node_weights(opset, constants):
-    model = _tiny_model(opset=opset, weights_as_constants=constants)
+NEWEST_OPSET = onnx.defs.onnx_opset_version()
+FORMS = [(opset, False, 8) for opset in (7, 9, 11, 13, 15, 17, 18, 20, NEWEST_OPSET)] + [(20, True, 8), (9, False, 3)]
+
+
+@pytest.mark.parametrize("opset, constants, ir_version", FORMS,
+                         ids=[f"opset{o}" + ("-Constant-weights" if c else "") + f"-ir{ir}" for o, c, ir in FORMS])
+def test_every_opset_ir_3_and_constant_node_weights(opset, constants, ir_version):
+    model = _tiny_model(opset=opset, weights_as_constants=constants, ir_version=ir_version)
     conv_w, fc_w = _tiny_torch(_tiny_model())
     x = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(3))
     act = torch.relu(torch.nn.functional.conv2d(x, conv_w, padding=1)).requires_grad_(True)

@@ -1,7 +1,7 @@
 """Loading a model and bringing it to the one form the rest of the package works on.
 
-The form: a private copy (the user's model is never touched), default-domain opset at least
-``MIN_OPSET``, every node named, shapes inferred.
+The form: a private copy (the user's model is never touched), default-domain opset from ``MIN_OPSET``
+to ``MAX_OPSET`` (onnx's version converter moves it up or down), every node named, shapes inferred.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from .weights import LOCATION as IN_MEMORY
 
 MIN_OPSET = 18
 """Models older than this are converted up: from opset 18 on, every reduction takes its axes as an input."""
+
+MAX_OPSET = 26
+"""The newest default-domain opset ONNX Runtime 1.31 runs: newer models are converted down to it."""
 
 MAX_IR_VERSION = 10
 """ONNX Runtime 1.31 reads IR versions up to 13; 10 covers every opset this package emits."""
@@ -60,8 +63,9 @@ def default_opset(model: ModelProto) -> int:
 
 def normalize(model: ModelProto) -> ModelProto:
     """Bring ``model`` (already a private copy) to the supported opset range, name its nodes, infer shapes."""
-    if default_opset(model) < MIN_OPSET:
-        model = version_converter.convert_version(model, MIN_OPSET)
+    opset = default_opset(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        model = version_converter.convert_version(model, min(max(opset, MIN_OPSET), MAX_OPSET))
     _name_nodes(model.graph)
     model = shape_inference.infer_shapes(model, data_prop=True)
     return model
