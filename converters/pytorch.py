@@ -12,7 +12,8 @@ Graph outputs, in order:
 2. one output per requested layer, named as ``model.named_modules()`` names the module (``backbone.layer4``).
 
 Graph inputs are ``input`` (one tensor), ``input_0``, ``input_1``, ... (a tuple), or the keys of a dict of
-keyword inputs. The first axis of every input and output is the dynamic batch axis.
+keyword inputs. The first axis of every input and output is the dynamic batch axis; with ``dynamic_size``,
+so are the axes after the channels (``height`` and ``width`` of an NCHW image).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ ONE_FILE_LIMIT = 3 * 2**29
 
 def export(model: torch.nn.Module, example_inputs: ExampleInputs, path: Union[str, os.PathLike],
            layers: Sequence[LayerSpec] = (), output_names: Optional[Sequence[str]] = None,
-           input_names: Optional[Sequence[str]] = None, dynamic_batch: bool = True, opset: Optional[int] = None,
-           preprocessing: Optional[dict] = None, external_data: Optional[bool] = None) -> onnx.ModelProto:
+           input_names: Optional[Sequence[str]] = None, dynamic_batch: bool = True, dynamic_size: bool = False,
+           opset: Optional[int] = None, preprocessing: Optional[dict] = None, external_data: Optional[bool] = None
+           ) -> onnx.ModelProto:
     """Export ``model`` in eval mode to ``path``, each layer in ``layers`` an extra graph output named after it.
 
     Args:
@@ -54,6 +56,8 @@ def export(model: torch.nn.Module, example_inputs: ExampleInputs, path: Union[st
         output_names / input_names: names for the model's own outputs and inputs, overriding the defaults
             (see the module docstring).
         dynamic_batch: make the first axis of every input and output dynamic.
+        dynamic_size: make every axis after the first two (height and width of an NCHW image) dynamic too, one
+            dimension per axis shared by the inputs, so that one model takes images of any size.
         opset: the ONNX opset (the exporter's default if None).
         preprocessing: optional ``size``, ``mean``, ``std``, ``channel_order`` written into the metadata.
         external_data: store the weights in ``<path>.data`` beside the model; by default only where the
@@ -79,7 +83,7 @@ def export(model: torch.nn.Module, example_inputs: ExampleInputs, path: Union[st
             program = torch.onnx.export(
                 wrapper, args, kwargs=kwargs, dynamo=True, external_data=False, verbose=False,
                 input_names=in_names, output_names=graph_outputs, opset_version=opset,
-                dynamic_shapes=_batch_dynamic(args, kwargs) if dynamic_batch else None)
+                dynamic_shapes=_dynamic_shapes(args, kwargs, dynamic_batch, dynamic_size))
     finally:
         # Exactly as they were, module by module (a model training with frozen BatchNorms stays so); set
         # directly, not through train(), which subclasses may override with side effects.
@@ -195,12 +199,29 @@ def _check_unique(names: list[str], what: str) -> None:
         raise ValueError(f"{what} names must be unique; repeated: {repeated}")
 
 
-def _batch_dynamic(args: tuple, kwargs: dict) -> dict:
-    """One shared dynamic dimension for axis 0 of every input, keyed as the wrapper's forward(*args, **kwargs)."""
-    batch = torch.export.Dim("batch")
-    spec = lambda t: {0: batch} if t.dim() else None  # noqa: E731
+def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, size: bool) -> Optional[dict]:
+    """The dynamic axes of every input, keyed as the wrapper's forward(*args, **kwargs): axis 0 (``batch``) and
+    the axes after the channels (``size``), each axis one dimension shared by all inputs."""
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(name: str) -> torch.export.Dim:
+        return dims.setdefault(name, torch.export.Dim(name))
+
+    def spec(tensor: torch.Tensor) -> Optional[dict]:
+        axes = {0: dim("batch")} if batch and tensor.dim() else {}
+        if size:
+            axes.update({axis: dim(_SIZE_NAMES.get(axis - tensor.dim(), f"size{axis}"))
+                         for axis in range(2, tensor.dim())})
+        return axes or None
+
+    if not (batch or size):
+        return None
     shapes = {"args": tuple(spec(t) for t in args), "kwargs": {k: spec(t) for k, t in kwargs.items()}}
     return {key: value for key, value in shapes.items() if value}  # torch.export refuses an empty entry
+
+
+_SIZE_NAMES = {-1: "width", -2: "height", -3: "depth"}
+"""Names of the dynamic size axes, counted from the last."""
 
 
 def _drop_wrapper_scope(graph) -> None:

@@ -67,14 +67,16 @@ def check(folder: str, tolerance: float) -> int:
         stored = np.load(os.path.join(folder, f"{arch}_maps.npz"))
         images = np.load(os.path.join(folder, f"{arch}_images.npy"))
         now = _maps(os.path.join(folder, f"{arch}.onnx"), images, inner)
-        flat = [key for key in stored.files if np.ptp(stored[key], axis=(1, 2)).min() == 0]
-        if flat:  # a constant map equals any other constant map: no evidence
-            print(f"{arch}: stored maps {flat} are constant; nothing to compare")
+        varied = [key for key in stored.files if np.ptp(stored[key], axis=(1, 2)).min() > 0]
+        if not varied:  # a constant map equals any other constant map: no evidence
+            print(f"{arch}: every stored map is constant; nothing to compare")
             return 1
         differences = {key: float(np.abs(now[key] - stored[key]).max()) for key in stored.files}
+        flat = len(stored.files) - len(varied)
         key = max(differences, key=differences.get)
         worst = max(worst, differences[key])
-        print(f"{arch:20s} {len(differences)} maps, max |difference| {differences[key]:.2e} ({key})", flush=True)
+        print(f"{arch:20s} {len(differences)} maps ({flat} constant), max |difference| {differences[key]:.2e} "
+              f"({key})", flush=True)
     print(f"all: max |difference| {worst:.2e} (tolerance {tolerance:g})")
     return 0 if worst <= tolerance else 1
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adjoint import attr_text, check_adjoint, model_text, parse, shape_text
+from adjoint import DIMS, attr_text, check_adjoint, model_text, parse, shape_text, spatial_sizes
 from onnx_gradcam.autodiff import gradient_model
 
 
@@ -71,11 +71,13 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
-def test_conv(case, bias):
+def test_conv(case, bias, dims):
     x_shape, w_shape, attrs = case
-    check_adjoint(conv_text("Conv", x_shape, w_shape, attrs, bias=w_shape[0] if bias else None), ["x"])
+    check_adjoint(conv_text("Conv", x_shape, w_shape, attrs, bias=w_shape[0] if bias else None), ["x"],
+                  sizes=spatial_sizes(dims, x_shape))
 
 
 SAME_CASES = {
@@ -89,12 +91,14 @@ SAME_CASES = {
 
 
 # onnx's ReferenceEvaluator resolves SAME_* pads wrongly: torch in float64 is the oracle.
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
 @pytest.mark.parametrize("case", SAME_CASES.values(), ids=SAME_CASES.keys())
-def test_conv_same(case, auto_pad):
+def test_conv_same(case, auto_pad, dims):
     x_shape, w_shape, attrs = case
     attrs = {**attrs, "auto_pad": auto_pad}
-    check_adjoint(conv_text("Conv", x_shape, w_shape, attrs), ["x"], oracle=torch_conv_oracle(attrs))
+    check_adjoint(conv_text("Conv", x_shape, w_shape, attrs), ["x"], oracle=torch_conv_oracle(attrs),
+                  sizes=spatial_sizes(dims, x_shape))
 
 
 @pytest.mark.parametrize("attrs", [{"pads": [1, 0, 2, 1], "strides": [2, 2]},
@@ -105,10 +109,16 @@ def test_conv_symbolic_batch(attrs):
     check_adjoint(text, ["x"], inputs={"x": x}, oracle=torch_conv_oracle(attrs))
 
 
-def test_conv_unknown_spatial_dims_rejected():
-    text = model_text("y = Conv<pads=[1,1,1,1]>(x, w)", "float[N,2,H,W] x, float[3,2,3,3] w", "float[?,?,?,?] y")
-    with pytest.raises(ValueError, match="spatial dims"):
-        gradient_model(parse(text), ["x"])
+@pytest.mark.parametrize("attrs", [{"pads": [1, 0, 2, 1], "strides": [2, 3], "dilations": [1, 2]},
+                                   {"auto_pad": "SAME_UPPER", "strides": [2, 3]},
+                                   {"auto_pad": "SAME_LOWER", "strides": [3, 2]}],
+                         ids=["pads", "same_upper", "same_lower"])
+def test_conv_symbolic_batch_and_spatial_dims(attrs):
+    """One gradient model for a model of unknown batch, height and width, checked at two sizes."""
+    text = model_text(f"y = Conv{attr_text(attrs)}(x, w)", "float[N,2,H,W] x, float[3,2,3,3] w", "float[?,?,?,?] y")
+    rng = np.random.default_rng(5)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(2, 2, 9, 11), (3, 2, 16, 13)]]
+    check_adjoint(text, ["x"], inputs=feeds, oracle=torch_conv_oracle(attrs))
 
 
 def torch_conv_transpose_oracle(attrs):
@@ -141,12 +151,13 @@ CONV_TRANSPOSE_CASES = {
 }
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("case", CONV_TRANSPOSE_CASES.values(), ids=CONV_TRANSPOSE_CASES.keys())
-def test_conv_transpose(case, bias):
+def test_conv_transpose(case, bias, dims):
     x_shape, w_shape, attrs = case
     text = conv_text("ConvTranspose", x_shape, w_shape, attrs, bias=w_shape[1] if bias else None)
-    check_adjoint(text, ["x"])
+    check_adjoint(text, ["x"], sizes=spatial_sizes(dims, x_shape))
 
 
 GROUPED_TRANSPOSE_CASES = {
@@ -158,11 +169,12 @@ GROUPED_TRANSPOSE_CASES = {
 
 
 # onnx's ReferenceEvaluator is wrong for grouped ConvTranspose: torch in float64 is the oracle.
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("case", GROUPED_TRANSPOSE_CASES.values(), ids=GROUPED_TRANSPOSE_CASES.keys())
-def test_conv_transpose_groups(case):
+def test_conv_transpose_groups(case, dims):
     x_shape, w_shape, attrs = case
     check_adjoint(conv_text("ConvTranspose", x_shape, w_shape, attrs), ["x"],
-                  oracle=torch_conv_transpose_oracle(attrs))
+                  oracle=torch_conv_transpose_oracle(attrs), sizes=spatial_sizes(dims, x_shape))
 
 
 @pytest.mark.parametrize("attrs", [{"auto_pad": "SAME_UPPER", "strides": [2, 2]},

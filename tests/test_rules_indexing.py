@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adjoint import check_adjoint, model_text
+from adjoint import DIMS, check_adjoint, model_text, spatial_sizes
 
 RNG = np.random.default_rng(0)
 
@@ -94,8 +94,9 @@ def _numpy_slice(x, starts, ends, axes, steps):
     return x[tuple(index)]
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("starts, ends, axes, steps", list(SLICES.values()), ids=list(SLICES))
-def test_slice(starts, ends, axes, steps):
+def test_slice(starts, ends, axes, steps, dims):
     y = _numpy_slice(np.empty((2, 3, 5, 4)), starts, ends, axes, steps).shape
     consts = [_ints("b", starts), _ints("e", ends)]
     args = "x, b, e"
@@ -106,7 +107,8 @@ def test_slice(starts, ends, axes, steps):
         consts.append(_ints("k", steps))
         args += ", k"
     body = "\n".join(consts) + f"\n y = Slice({args})"
-    check_adjoint(model_text(body, "float[2,3,5,4] x", f"float{_dims(y)} y"), ["x"])
+    check_adjoint(model_text(body, "float[2,3,5,4] x", f"float{_dims(y)} y"), ["x"],
+                  sizes=spatial_sizes(dims, [2, 3, 5, 4]))
 
 
 def test_slice_runtime_starts_symbolic_batch():
@@ -118,6 +120,15 @@ def test_slice_runtime_starts_symbolic_batch():
 def test_slice_symbolic_batch_constant_crop():
     body = f"{_ints('b', [1, 0])}\n{_ints('e', [-1, 2])}\n{_ints('a', [2, 1])}\n y = Slice(x, b, e, a)"
     check_adjoint(model_text(body, "float[N,3,5] x", "float[N,2,3] y"), ["x"], inputs={"x": _normal(2, 3, 5)})
+
+
+def test_slice_symbolic_sizes_runtime_ends():
+    # Constant starts and unit steps make it a crop whatever the ends: one gradient model for every size and end.
+    body = f"{_ints('b', [1, -4])}\n{_ints('a', [2, 3])}\n y = Slice(x, b, e, a)"
+    text = model_text(body, "float[N,3,H,W] x, int64[2] e", "float[?,?,?,?] y")
+    feeds = [{"x": _normal(2, 3, 9, 11), "e": np.array([-1, 100])},
+             {"x": _normal(1, 3, 16, 13), "e": np.array([7, -2])}]
+    check_adjoint(text, ["x"], inputs=feeds)
 
 
 # --- Gather ------------------------------------------------------------------------------------------------
@@ -210,10 +221,12 @@ def _pad_model(mode, pads, axes, with_value=False, shape=(2, 3, 4, 5)):
     return model_text("\n".join(consts) + f'\n y = Pad<mode = "{mode}">({args})', inputs, f"float{_dims(y)} y")
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("pads, axes", list(PADS.values()), ids=list(PADS))
 @pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
-def test_pad(mode, pads, axes):
-    check_adjoint(_pad_model(mode, pads, axes), ["x"], oracle=_pad_oracle(mode, pads, axes))
+def test_pad(mode, pads, axes, dims):
+    check_adjoint(_pad_model(mode, pads, axes), ["x"], oracle=_pad_oracle(mode, pads, axes),
+                  sizes=spatial_sizes(dims, [2, 3, 4, 5]))
 
 
 def test_pad_constant_value_gets_its_gradient():
@@ -222,11 +235,12 @@ def test_pad_constant_value_gets_its_gradient():
                   inputs={"v": np.array(0.5, np.float32)}, oracle=_pad_oracle("constant", pads, None))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("pads, axes", [([1, 2, 3, 0], [1, 2]), ([0, 0, 1, 4, 0, 0, 3, 2], None)])
-def test_pad_wrap(pads, axes):
+def test_pad_wrap(pads, axes, dims):
     # Pad wraps from opset 19; pads larger than half the size wrap twice over the same elements.
     text = _pad_model("wrap", pads, axes).replace('"" : 20', '"" : 19')
-    check_adjoint(text, ["x"])
+    check_adjoint(text, ["x"], sizes=spatial_sizes(dims, [2, 3, 4, 5]))
 
 
 def test_pad_runtime_pads_symbolic_batch():

@@ -11,11 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx.reference import ReferenceEvaluator
 from onnx.shape_inference import InferenceError
 
-from adjoint import attr_text, check_adjoint, model_text, parse, shape_text
+from adjoint import DIMS, attr_text, check_adjoint, model_text, parse, shape_text, spatial_sizes, to_float64
 from onnx_gradcam.autodiff import gradient_model
-from test_rules_conv import torch_pad
+from test_rules_conv import same_pads, torch_pad
 
 
 def pool_text(op, x_shape, attrs, y_shape=None, outputs="y", batch=None):
@@ -47,6 +48,24 @@ def torch_pool_oracle(op, attrs):
     return oracle
 
 
+def explicit_pads_oracle(op, attrs):
+    """The pool by onnx's ReferenceEvaluator with its SAME_* pads made explicit (it resolves them wrongly at some
+    sizes, e.g. 12 with kernel 2 and stride 3)."""
+    def oracle(feeds):
+        x = feeds["x"]
+        rank = x.ndim - 2
+        pads = same_pads(x.shape[2:], attrs["kernel_shape"], attrs.get("strides", [1] * rank), [1] * rank,
+                         attrs["auto_pad"] == "SAME_UPPER")
+        explicit = {**{k: v for k, v in attrs.items() if k != "auto_pad"}, "pads": pads}
+        evaluator = ReferenceEvaluator(to_float64(parse(pool_text(op, list(x.shape), explicit))))
+        return evaluator.run(None, feeds)[0]
+    return oracle
+
+
+ORACLES = {"torch": torch_pool_oracle, "explicit": explicit_pads_oracle}
+"""The oracles a case can name in place of the reference evaluator (None)."""
+
+
 def window(*kernel, **attrs):
     """A pool's attributes: ``window(3, 3, strides=[2, 2])``."""
     return {"kernel_shape": list(kernel), **attrs}
@@ -60,8 +79,11 @@ WINDOW_IN_PAD = pytest.mark.xfail(raises=InferenceError, strict=True,
 
 
 def params(cases, known_failures=()):
-    return [pytest.param(*case, id=name, marks=[WINDOW_IN_PAD] if name in known_failures else [])
-            for name, case in cases.items()]
+    """Each case at its declared (static) sizes and at symbolic ones; shape inference meets the known failures
+    only where the sizes are static."""
+    return [pytest.param(*case, dims, id=name if dims == "static" else f"{name}-{dims}",
+                         marks=[WINDOW_IN_PAD] if name in known_failures and dims == "static" else [])
+            for name, case in cases.items() for dims in DIMS]
 
 
 # (x shape, attributes, oracle, declared output shape). onnx's ReferenceEvaluator crashes on MaxPool with
@@ -84,20 +106,22 @@ MAX_POOL_CASES = {
 }
 
 
-@pytest.mark.parametrize("x_shape, attrs, oracle, y_shape", params(MAX_POOL_CASES, ["2d_ceil_window_in_pad"]))
-def test_max_pool(x_shape, attrs, oracle, y_shape):
-    oracle = torch_pool_oracle("MaxPool", attrs) if oracle == "torch" else None
-    check_adjoint(pool_text("MaxPool", x_shape, attrs, y_shape), ["x"], oracle=oracle)
+@pytest.mark.parametrize("x_shape, attrs, oracle, y_shape, dims", params(MAX_POOL_CASES, ["2d_ceil_window_in_pad"]))
+def test_max_pool(x_shape, attrs, oracle, y_shape, dims):
+    oracle = ORACLES[oracle]("MaxPool", attrs) if oracle else None
+    check_adjoint(pool_text("MaxPool", x_shape, attrs, y_shape), ["x"], oracle=oracle,
+                  sizes=spatial_sizes(dims, x_shape))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("storage_order", [0, 1])
 @pytest.mark.parametrize("attrs", [window(3, 3, strides=[2, 2], pads=[1, 0, 0, 1]), window(2, 2, pads=[1, 1, 0, 0])],
                          ids=["strided", "stride1"])
-def test_max_pool_with_indices_output(attrs, storage_order):
+def test_max_pool_with_indices_output(attrs, storage_order, dims):
     """The node's own Indices are used where they are row-major; column-major ones are recomputed."""
     attrs = {**attrs, "storage_order": storage_order}
     check_adjoint(pool_text("MaxPool", [2, 3, 6, 7], attrs, outputs="y, i"), ["x"],
-                  oracle=torch_pool_oracle("MaxPool", attrs))
+                  oracle=torch_pool_oracle("MaxPool", attrs), sizes=spatial_sizes(dims, [2, 3, 6, 7]))
 
 
 def test_max_pool_symbolic_batch():
@@ -117,8 +141,8 @@ AVERAGE_POOL_CASES = {
     "2d_trailing_rows": ([1, 2, 8, 8], window(3, 3, strides=[2, 2]), None, None),
     "2d_dilations": ([1, 2, 7, 8], window(2, 3, dilations=[2, 2]), None, None),
     "2d_dilations_pads": ([1, 2, 8, 7], window(3, 2, strides=[2, 1], dilations=[2, 3], pads=[2, 1, 1, 0]), None, None),
-    "2d_same_upper": ([1, 2, 7, 8], window(3, 2, strides=[2, 3], auto_pad="SAME_UPPER"), None, None),
-    "2d_same_lower": ([1, 2, 7, 8], window(3, 2, strides=[2, 3], auto_pad="SAME_LOWER"), None, None),
+    "2d_same_upper": ([1, 2, 7, 8], window(3, 2, strides=[2, 3], auto_pad="SAME_UPPER"), "explicit", None),
+    "2d_same_lower": ([1, 2, 7, 8], window(3, 2, strides=[2, 3], auto_pad="SAME_LOWER"), "explicit", None),
     "2d_ceil": ([1, 2, 8, 7], window(3, 3, strides=[2, 2], ceil_mode=1), "torch", None),
     "2d_ceil_pads": ([1, 2, 8, 7], window(3, 3, strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), "torch", None),
     # the last window hangs past the input by 2 (no pads): its divisor is 1 in ONNX Runtime and torch
@@ -131,11 +155,13 @@ AVERAGE_POOL_CASES = {
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])
-@pytest.mark.parametrize("x_shape, attrs, oracle, y_shape", params(AVERAGE_POOL_CASES, ["2d_ceil_window_in_pad"]))
-def test_average_pool(x_shape, attrs, oracle, y_shape, count_include_pad):
+@pytest.mark.parametrize("x_shape, attrs, oracle, y_shape, dims",
+                         params(AVERAGE_POOL_CASES, ["2d_ceil_window_in_pad"]))
+def test_average_pool(x_shape, attrs, oracle, y_shape, dims, count_include_pad):
     attrs = {**attrs, "count_include_pad": count_include_pad}
-    oracle = torch_pool_oracle("AveragePool", attrs) if oracle == "torch" else None
-    check_adjoint(pool_text("AveragePool", x_shape, attrs, y_shape), ["x"], oracle=oracle)
+    oracle = ORACLES[oracle]("AveragePool", attrs) if oracle else None
+    check_adjoint(pool_text("AveragePool", x_shape, attrs, y_shape), ["x"], oracle=oracle,
+                  sizes=spatial_sizes(dims, x_shape))
 
 
 def test_average_pool_symbolic_batch():
@@ -145,10 +171,26 @@ def test_average_pool_symbolic_batch():
                   oracle=torch_pool_oracle("AveragePool", attrs))
 
 
+@pytest.mark.parametrize("op, attrs, oracle", [
+    ("MaxPool", window(3, 3, strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), "torch"),
+    ("AveragePool", window(3, 3, strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), "torch"),
+    ("AveragePool", window(2, 3, strides=[3, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), "torch"),
+    ("AveragePool", window(3, 2, strides=[2, 3], auto_pad="SAME_UPPER"), "explicit"),
+    ("AveragePool", window(3, 2, strides=[2, 3], auto_pad="SAME_LOWER", count_include_pad=1), "explicit"),
+], ids=["max_ceil", "average_ceil", "average_ceil_count_pads", "average_same_upper", "average_same_lower"])
+def test_pool_symbolic_batch_and_spatial_dims(op, attrs, oracle):
+    """One gradient model for a model of unknown batch, height and width, checked at two sizes."""
+    rng = np.random.default_rng(10)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(2, 3, 9, 11), (3, 3, 16, 13)]]
+    text = model_text(f"y = {op}{attr_text(attrs)}(x)", "float[N,3,H,W] x", "float[?,?,?,?] y")
+    check_adjoint(text, ["x"], inputs=feeds, oracle=ORACLES[oracle](op, attrs))
+
+
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
 @pytest.mark.parametrize("x_shape", [[2, 3, 7], [2, 3, 4, 5]], ids=["1d", "2d"])
-def test_global_pool(op, x_shape):
-    check_adjoint(pool_text(op, x_shape, {}), ["x"], oracle=global_pool_oracle(op))
+def test_global_pool(op, x_shape, dims):
+    check_adjoint(pool_text(op, x_shape, {}), ["x"], oracle=global_pool_oracle(op), sizes=spatial_sizes(dims, x_shape))
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])

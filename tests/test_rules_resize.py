@@ -7,10 +7,17 @@ import pytest
 
 from onnx.reference import ReferenceEvaluator
 
-from adjoint import check_adjoint, model_text, parse, to_float64
+from adjoint import DIMS, check_adjoint, model_text, parse, to_float64, with_symbolic_sizes
 from onnx_gradcam.autodiff import gradient_model
 
 X_SHAPE = [2, 3, 4, 8]
+
+
+def _sizes(dims):
+    """check_adjoint's ``sizes`` for a test over DIMS. The second size doubles X_SHAPE's, so that every scale and
+    sizes ratio below stays exact in binary and every length x scale an integer (where it is none, onnx's reference
+    takes it unrounded in align_corners and half_pixel_symmetric, ONNX Runtime the output length)."""
+    return None if dims == "static" else [X_SHAPE[2:], [2 * d for d in X_SHAPE[2:]]]
 
 
 def _floats(name, values):
@@ -41,20 +48,22 @@ def _resize_model(attrs: str, scales=None, sizes=None, roi=None, shape=X_SHAPE, 
     return model_text(body, f"float[{dims}] x", f"float[{out}] y")
 
 
-def _runtime_adjoint(text: str, x_shape=X_SHAPE, seed: int = 0):
+def _runtime_adjoint(text: str, x_shape=X_SHAPE, seed: int = 0, sizes=None):
     """Resize is linear (affine with an extrapolation value), so <Resize(u) - Resize(0), v> = <u, VJP(v)> holds
-    to float32 rounding for ONNX Runtime's own forward pass: no finite differences, no other implementation."""
-    model = gradient_model(parse(text), ["x"])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    to float32 rounding for ONNX Runtime's own forward pass: no finite differences, no other implementation.
+    ``sizes``: as in check_adjoint, one gradient model of symbolic spatial dims checked at each of them."""
+    model = parse(text) if sizes is None else with_symbolic_sizes(parse(text), ["x"])
+    session = ort.InferenceSession(gradient_model(model, ["x"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    forward = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
-    u = rng.standard_normal(x_shape).astype(np.float32)
-    forward = ort.InferenceSession(parse(text).SerializeToString(), providers=["CPUExecutionProvider"])
-    y = forward.run(None, {"x": u})[0] - forward.run(None, {"x": np.zeros_like(u)})[0]
-    v = rng.standard_normal(y.shape).astype(np.float32)
-    vjp = session.run(["grad/x"], {"x": u, "seed": v})[0]
-    lhs, rhs = float(np.sum(y.astype(np.float64) * v)), float(np.sum(u.astype(np.float64) * vjp))
-    scale = float(np.sum(np.abs(y * v)))
-    assert abs(lhs - rhs) <= 1e-5 * scale, f"<Resize(u), v> = {lhs}, <u, VJP(v)> = {rhs}"
+    for shape in [x_shape] if sizes is None else [list(x_shape[:2]) + list(size) for size in sizes]:
+        u = rng.standard_normal(shape).astype(np.float32)
+        y = forward.run(None, {"x": u})[0] - forward.run(None, {"x": np.zeros_like(u)})[0]
+        v = rng.standard_normal(y.shape).astype(np.float32)
+        vjp = session.run(["grad/x"], {"x": u, "seed": v})[0]
+        lhs, rhs = float(np.sum(y.astype(np.float64) * v)), float(np.sum(u.astype(np.float64) * vjp))
+        scale = float(np.sum(np.abs(y * v)))
+        assert abs(lhs - rhs) <= 1e-5 * scale, f"<Resize(u), v> = {lhs}, <u, VJP(v)> = {rhs} at x of shape {shape}"
 
 
 # Up- and downsampling, by scales and by sizes. The ratios are not integers but are exact in binary, so that
@@ -70,56 +79,62 @@ NEAREST_MODES = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
 TRANSFORMS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric"]
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
 @pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize("nearest_mode", NEAREST_MODES)
-def test_nearest(nearest_mode, transform, spec):
+def test_nearest(nearest_mode, transform, spec, dims):
     attrs = f'mode = "nearest", nearest_mode = "{nearest_mode}", coordinate_transformation_mode = "{transform}"'
     text = _resize_model(attrs, **spec)
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("spec", list(SPECS.values()), ids=list(SPECS))
 @pytest.mark.parametrize("transform", TRANSFORMS)
-def test_linear(transform, spec):
+def test_linear(transform, spec, dims):
     text = _resize_model(f'mode = "linear", coordinate_transformation_mode = "{transform}"', **spec)
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("transform", ["pytorch_half_pixel", "align_corners"])
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
-def test_output_length_one(mode, transform):
+def test_output_length_one(mode, transform, dims):
     # Both transformations sample x[0] where the output length is 1.
     text = _resize_model(f'mode = "{mode}", coordinate_transformation_mode = "{transform}"', sizes=[2, 3, 1, 4])
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("spec", [dict(scales=[1, 1, 2, 1.5]), dict(sizes=[2, 3, 3, 4])], ids=["up", "down"])
 @pytest.mark.parametrize("exclude_outside", [0, 1])
-def test_cubic(exclude_outside, spec):
+def test_cubic(exclude_outside, spec, dims):
     attrs = f'mode = "cubic", cubic_coeff_a = -0.5, exclude_outside = {exclude_outside}'
     text = _resize_model(attrs, **spec)
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("mode", ["linear", "cubic"])
-def test_antialias_downsampling(mode):
+def test_antialias_downsampling(mode, dims):
     text = _resize_model(f'mode = "{mode}", antialias = 1', sizes=[2, 3, 2, 4])
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
-def test_tf_crop_and_resize(mode):
+def test_tf_crop_and_resize(mode, dims):
     # Samples outside the roi take extrapolation_value, a constant: no gradient reaches x from them.
     attrs = f'mode = "{mode}", coordinate_transformation_mode = "tf_crop_and_resize", extrapolation_value = 2.0'
     text = _resize_model(attrs, sizes=[2, 3, 3, 7], roi=[0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3])
-    check_adjoint(text, ["x"])
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
 def test_tf_crop_and_resize_follows_the_runtime_at_scale_one():
@@ -148,15 +163,16 @@ def _nearest_oracle(scales, nearest_mode):
     return resize
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("nearest_mode", NEAREST_MODES)
 @pytest.mark.parametrize("scales", [[1, 1, 2, 1.5], [1, 1, 0.75, 0.5], [1, 1, 1, 2]], ids=["up", "down", "one axis"])
-def test_tf_half_pixel_for_nn(nearest_mode, scales):
+def test_tf_half_pixel_for_nn(nearest_mode, scales, dims):
     # Deprecated since opset 13, but ONNX Runtime still runs it (and logs a warning).
     attrs = (f'mode = "nearest", nearest_mode = "{nearest_mode}", '
              'coordinate_transformation_mode = "tf_half_pixel_for_nn"')
     text = _resize_model(attrs, scales=scales)
-    check_adjoint(text, ["x"], oracle=_nearest_oracle(scales, nearest_mode))
-    _runtime_adjoint(text)
+    check_adjoint(text, ["x"], oracle=_nearest_oracle(scales, nearest_mode), sizes=_sizes(dims))
+    _runtime_adjoint(text, sizes=_sizes(dims))
 
 
 NHWC = {
@@ -166,16 +182,19 @@ NHWC = {
 }
 
 
+@pytest.mark.parametrize("dims", DIMS)
 @pytest.mark.parametrize("mode", ["linear", "nearest"])
 @pytest.mark.parametrize("spec", list(NHWC.values()), ids=list(NHWC))
-def test_nhwc(mode, spec):
+def test_nhwc(mode, spec, dims):
     attrs, shape = f'mode = "{mode}"', [2, 4, 6, 3]
+    sizes = None if dims == "static" else [shape[2:], [2 * d for d in shape[2:]]]  # as _sizes: ratios stay exact
     text = _resize_model(attrs, shape=shape, **spec)
     # onnx's reference Resize fails on negative axes: the oracle is the same model with the axes made positive.
     positive = dict(spec, axes=[a % 4 for a in spec["axes"]]) if "axes" in spec else spec
-    evaluator = ReferenceEvaluator(to_float64(parse(_resize_model(attrs, shape=shape, **positive))))
-    check_adjoint(text, ["x"], oracle=lambda feeds: evaluator.run(None, feeds)[0])
-    _runtime_adjoint(text, x_shape=shape)
+    evaluator = ReferenceEvaluator(to_float64(with_symbolic_sizes(parse(_resize_model(attrs, shape=shape, **positive)),
+                                                                  ["x"])))
+    check_adjoint(text, ["x"], oracle=lambda feeds: evaluator.run(None, feeds)[0], sizes=sizes)
+    _runtime_adjoint(text, x_shape=shape, sizes=sizes)
 
 
 def test_three_dimensional_input_middle_axis():
@@ -224,7 +243,20 @@ def test_sizes_computed_at_run_time():
     check_adjoint(text, ["x"], inputs={"x": np.random.default_rng(1).standard_normal(X_SHAPE).astype(np.float32)})
 
 
-def test_run_time_sizes_with_unknown_output_lengths_are_refused():
+def test_sizes_fed_at_run_time():
+    # The output lengths are unknown when the model is built: the gradient reads them from the output's shape.
     text = model_text('y = Resize<mode = "linear">(x, , , sz)', "float[2,3,5,6] x, int64[4] sz", "float[2,3,A,B] y")
-    with pytest.raises(ValueError, match="sizes computed at run time"):
-        gradient_model(parse(text), ["x"])
+    check_adjoint(text, ["x"], inputs=[{"sz": np.array(sizes)} for sizes in ([2, 3, 7, 4], [2, 3, 3, 9])])
+
+
+@pytest.mark.parametrize("transform", ["half_pixel", "align_corners", "asymmetric"])
+def test_sizes_follow_the_input_size(transform):
+    # Upsampling by 2 to the size read from x at run time, as exporters write F.interpolate(size=(2h, 2w)) of a
+    # model of symbolic sizes: one gradient model for every input size.
+    body = (_ints("two", [2]) + "\n lead = Shape<start = 0, end = 2>(x)\n hw = Shape<start = 2>(x)"
+            + "\n twice = Mul(hw, two)\n sz = Concat<axis = 0>(lead, twice)"
+            + f'\n y = Resize<mode = "linear", coordinate_transformation_mode = "{transform}">(x, , , sz)')
+    text = model_text(body, "float[N,3,H,W] x", "float[N,3,A,B] y")
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(2, 3, 9, 11), (1, 3, 16, 13)]]
+    check_adjoint(text, ["x"], inputs=feeds)

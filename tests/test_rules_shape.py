@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adjoint import check_adjoint, model_text
+from adjoint import DIMS, check_adjoint, model_text, spatial_sizes
 
 
 def _ints(name, values):
@@ -59,20 +59,35 @@ def test_transpose(perm):
 
 
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
-def test_depth_to_space(mode):
+@pytest.mark.parametrize("dims", DIMS)
+def test_depth_to_space(mode, dims):
     text = model_text(f'y = DepthToSpace<blocksize = 2, mode = "{mode}">(x)', "float[2,12,3,4] x", "float[2,3,6,8] y")
-    vjp = check_adjoint(text, ["x"])["x"]
-    assert vjp.shape == (2, 12, 3, 4)
+    sizes = spatial_sizes(dims, [2, 12, 3, 4])
+    vjp = check_adjoint(text, ["x"], sizes=sizes)["x"]
+    assert vjp.shape == (2, 12, *(sizes[-1] if sizes else [3, 4]))
 
 
-def test_depth_to_space_crd_symbolic_batch_and_size():
-    text = model_text('y = DepthToSpace<blocksize = 3, mode = "CRD">(x)', "float[N,18,H,W] x", "float[N,2,A,B] y")
-    x = np.random.default_rng(1).standard_normal((2, 18, 2, 3)).astype(np.float32)
-    check_adjoint(text, ["x"], inputs={"x": x})
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_symbolic_batch_and_size(mode):
+    text = model_text(f'y = DepthToSpace<blocksize = 3, mode = "{mode}">(x)', "float[N,18,H,W] x", "float[N,2,A,B] y")
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(2, 18, 2, 3), (1, 18, 5, 4)]]
+    check_adjoint(text, ["x"], inputs=feeds)
 
 
-def test_space_to_depth():
-    check_adjoint(model_text("y = SpaceToDepth<blocksize = 2>(x)", "float[2,3,4,6] x", "float[2,12,2,3] y"), ["x"])
+def test_depth_to_space_crd_symbolic_channels():
+    # The channel count is read at run time too: one gradient model for every channel count.
+    text = model_text('y = DepthToSpace<blocksize = 2, mode = "CRD">(x)', "float[N,C,H,W] x", "float[?,?,?,?] y")
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for shape in [(2, 8, 3, 2), (1, 12, 2, 5)]]
+    check_adjoint(text, ["x"], inputs=feeds)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_space_to_depth(dims):
+    # Its sizes must be multiples of the block size.
+    check_adjoint(model_text("y = SpaceToDepth<blocksize = 2>(x)", "float[2,3,4,6] x", "float[2,12,2,3] y"), ["x"],
+                  sizes=[[4, 6], [10, 2]] if dims == "symbolic" else None)
 
 
 @pytest.mark.parametrize("x, shape, y", [

@@ -54,33 +54,19 @@ def _split(g: GradContext, s: Step):
 
 @rule("Slice")
 def _slice(g: GradContext, s: Step):
-    crop = _unit_step_slice_pads(g, s)
-    if crop is None:
-        dx = reselect(g, s)
-    else:  # a plain crop: pad the gradient back with zeros
-        axes, pads = crop
-        dx = g.op("Pad", s.dy[0], g.ints(pads), "", g.ints(axes))
-    return s.first(dx)
-
-
-def _unit_step_slice_pads(g: GradContext, s: Step) -> Optional[tuple[list[int], list[int]]]:
-    """(axes, pads) that undo a Slice with constant starts/ends/axes, unit steps and static sliced dims; else None."""
-    starts, ends = g.constant(s.x[1]), g.constant(s.x[2])
+    starts = g.constant(s.x[1])
     axes = g.constant(s.x[3]) if s.has_input(3) else np.arange(len(starts if starts is not None else []))
-    steps = g.constant(s.x[4]) if s.has_input(4) else np.ones(len(axes), np.int64)
-    shape = g.shape(s.x[0])
-    if starts is None or ends is None or axes is None or steps is None or shape is None or np.any(steps != 1):
-        return None
-    axes = [normalize_axis(int(a), len(shape)) for a in axes]
-    if not all(isinstance(shape[a], int) for a in axes):
-        return None
-    begins, finals = [], []
-    for axis, start, end in zip(axes, starts, ends):
-        size = shape[axis]
-        start, end = (int(np.clip(v + size if v < 0 else v, 0, size)) for v in (start, end))
-        begins.append(start)
-        finals.append(size - max(start, end))
-    return axes, begins + finals
+    steps = g.constant(s.x[4]) if s.has_input(4) else np.ones(1)
+    if starts is None or axes is None or steps is None or np.any(steps != 1):
+        return s.first(reselect(g, s))
+    # A plain crop: pad the gradient back with zeros, before each axis by its start (negative ones count from
+    # the end, both clamped to the axis as the spec does) and after it by what the crop left out there.
+    axes = g.ints(axes)
+    size = g.op("Gather", g.op("Shape", s.x[0]), axes)
+    from_end = g.op("Mul", size, g.ints(starts < 0))
+    before = g.op("Max", g.op("Min", g.op("Add", g.ints(starts), from_end), size), g.ints([0]))
+    after = g.op("Sub", g.op("Sub", size, before), g.op("Gather", g.op("Shape", s.y[0]), axes))
+    return s.first(g.op("Pad", s.dy[0], g.op("Concat", before, after, axis=0), "", axes))
 
 
 @rule("Gather", "GatherND")

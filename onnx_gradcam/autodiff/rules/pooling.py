@@ -7,10 +7,9 @@ import numpy as np
 from onnx import helper
 
 from ...graph.builder import node_attributes
-from ...graph.windows import pooled_size
 from ..context import GradContext, Step
 from ..registry import rule
-from .conv import spatial_shape, transposed_window_grad, window_attrs
+from .conv import explicit_pads, transposed_window_grad
 
 
 def scatter_add_flat(g: GradContext, like: str, flat_indices: str, values: str) -> str:
@@ -50,27 +49,36 @@ def _global_average_pool(g: GradContext, s: Step):
 
 @rule("AveragePool")
 def _average_pool(g: GradContext, s: Step):
+    # dx spreads dy / divisor over each window. The divisors are the runtime's own, whatever ceil_mode and
+    # count_include_pad make them: its average of ones over the count of ones in each window, both computed
+    # at run time on ones of x's size.
     x = s.x[0]
     kernel = list(s.attr("kernel_shape"))
     rank = len(kernel)
-    strides, dilations, pads = window_attrs(g, s, kernel)
-    in_spatial = spatial_shape(g, s, x)
-    out_spatial = [pooled_size(*args, s.attr("ceil_mode", 0))
-                   for args in zip(in_spatial, kernel, strides, dilations, pads[:rank], pads[rank:])]
-    # ceil_mode adds windows past the end pad; extend the end pads so a plain window sum sees them too.
-    for i in range(rank):
-        reached = strides[i] * (out_spatial[i] - 1) + (kernel[i] - 1) * dilations[i] + 1
-        pads[rank + i] = max(pads[rank + i], reached - in_spatial[i] - pads[i])
-    dtype = g.np_dtype(x)
-    ones_input = g.const(np.ones([1, 1, *in_spatial], dtype), hint="ones")
-    ones_kernel = g.const(np.ones([1, 1, *kernel], dtype), hint="ones_kernel")
-    # 1/divisor of each window, whatever rule the runtime uses: its average of ones over the count of ones.
-    # (The Reshape restates the size: onnx's shape inference keeps ceil-mode windows that start in the end pad.)
-    averaged_ones = g.op("Reshape", g.op("AveragePool", ones_input, **node_attributes(s.node)),
-                         g.ints([1, 1, *out_spatial]))
-    counted_ones = g.op("Conv", ones_input, ones_kernel, strides=strides, dilations=dilations, pads=pads)
+    ones = g.op("Expand", g.scalar(1.0, x), g.op("Concat", g.ints([1, 1]), g.op("Shape", x, start=2), axis=0))
+    ones_kernel = g.const(np.ones([1, 1, *kernel], g.np_dtype(x)), hint="ones_kernel")
+    averaged_ones = g.op("AveragePool", ones, **node_attributes(s.node))
+    # The counting windows may include one more than the pool's (see _counting_window): cut to its size.
+    counted_ones = g.op("Slice", g.op("Conv", ones, ones_kernel, **_counting_window(s, rank)), g.ints([0] * rank),
+                        g.op("Shape", averaged_ones, start=2), g.ints(range(2, 2 + rank)))
     scaled = g.op("Mul", s.dy[0], g.op("Div", averaged_ones, counted_ones))
-    per_channel = g.op("Reshape", scaled, g.ints([-1, 1, *out_spatial]))
-    dx = transposed_window_grad(g, per_channel, ones_kernel, in_spatial, out_spatial, kernel, strides, dilations,
-                                pads)
-    return s.first(g.reshape_like(dx, x))
+    per_channel = g.op("Reshape", scaled, g.ints([-1, 1] + [0] * rank))
+    return s.first(g.reshape_like(transposed_window_grad(g, s, per_channel, ones_kernel), x))
+
+
+def _counting_window(s: Step, rank: int) -> dict:
+    """Conv attributes whose windows are the pool's, for summing ones over them.
+
+    In ceil mode the pool's last window may hang past the end pad, by at most stride - 1: the end pads grow by
+    that much. Where that makes a window more than the pool has (one starting in the end pad, which ceil mode
+    drops), the caller cuts it off. onnx's shape inference keeps that window, and so does ONNX Runtime's
+    load-time inference on a model of fixed sizes (its kernels drop it): such a gradient model fails to load
+    with "Incompatible dimensions", loudly, never with a wrong map (strict xfails in tests/test_rules_pooling.py).
+    """
+    strides = list(s.attr("strides", [1] * rank))
+    window = dict(strides=strides, dilations=list(s.attr("dilations", [1] * rank)))
+    pads = explicit_pads(s, rank)
+    if pads is None:
+        return dict(window, auto_pad=s.attr("auto_pad"))
+    overhang = [(stride - 1) * s.attr("ceil_mode", 0) for stride in strides]
+    return dict(window, pads=pads[:rank] + [end + extra for end, extra in zip(pads[rank:], overhang)])

@@ -31,11 +31,9 @@ def _depth_to_space(g: GradContext, s: Step):
     block = s.attr("blocksize")
     dx = g.op("SpaceToDepth", s.dy[0], blocksize=block)  # channels ordered (row, column, channel): DCR
     if s.attr("mode", "DCR") == "CRD":  # reorder them to (channel, row, column)
-        channels = (g.shape(s.y[0]) or [None, None])[1]
-        if not isinstance(channels, int):
-            raise ValueError(f"DepthToSpace node {s.name!r}: CRD mode needs the output's channel count to be "
-                             "known; give the model fixed channel sizes, or use DCR mode")
-        dx = g.op("Transpose", g.op("Reshape", dx, g.ints([0, block * block, channels, -1])), perm=[0, 2, 1, 3])
+        blocks_channels_positions = g.op("Concat", g.ints([0, block * block]), g.op("Shape", s.y[0], start=1, end=2),
+                                         g.ints([-1]), axis=0)
+        dx = g.op("Transpose", g.op("Reshape", dx, blocks_channels_positions), perm=[0, 2, 1, 3])
         dx = g.reshape_like(dx, s.x[0])
     return s.first(dx)
 

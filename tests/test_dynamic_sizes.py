@@ -1,0 +1,72 @@
+"""Models of symbolic height and width, as deployed models come: one Explainer, and one exported explainer
+model, serve every image size.
+
+torchvision networks (random weights, eval mode, seed 0) are exported with dynamic batch, height and width.
+Gradients from one ``Explainer`` equal float64 ``torch.autograd.grad`` (the oracle of
+tests/test_torchvision_exactness.py) at two image sizes, and the ``cam`` of one exported model run on a plain
+ONNX Runtime session equals the Explainer's maps at both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from converters.pytorch import export
+from onnx_gradcam import Explainer
+from test_torchvision_exactness import CLASSES, REL_TOL, _torch_side, relative_error
+
+pytestmark = pytest.mark.slow
+
+# arch: (module whose output the default layer is, a layer inside a block)
+ARCHS = {
+    "resnet50": ("layer4", "layer3.1.conv2"),
+    "mobilenet_v3_large": ("features", "features.12.block.0"),
+}
+SIZES = [(224, 224), (320, 256)]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def exported(request, tmp_path_factory):
+    arch = request.param
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    images = {size: torch.randn(2, 3, *size) for size in SIZES}
+    path = tmp_path_factory.mktemp(arch) / f"{arch}.onnx"
+    export(model, images[SIZES[0]], path, layers=[ARCHS[arch][1]], dynamic_size=True)
+    return arch, model, images, path
+
+
+def test_the_export_has_symbolic_sizes(exported):
+    _, _, _, path = exported
+    (image,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    assert image.shape == ["batch", 3, "height", "width"]
+
+
+@pytest.mark.parametrize("which", ["default", "inner"])
+def test_gradients_equal_autograd_at_every_size(exported, which):
+    arch, model, images, path = exported
+    module_name = ARCHS[arch][0] if which == "default" else ARCHS[arch][1]
+    explainer = Explainer(path, layer="auto" if which == "default" else module_name,
+                          providers="CPUExecutionProvider")
+    for size in SIZES:
+        (ours,) = explainer.gradients(images[size].numpy(), CLASSES).values()
+        activations, grad = _torch_side(model, images[size], module_name)
+        assert ours.gradients.shape == grad.shape
+        assert relative_error(ours.activations, activations) <= REL_TOL, f"activations at {size}"
+        assert relative_error(ours.gradients, grad) <= REL_TOL, f"gradients at {size}"
+
+
+def test_one_exported_model_explains_every_size(exported, tmp_path):
+    _, _, images, path = exported
+    explainer = Explainer(path, providers="CPUExecutionProvider")
+    explainer.export(str(tmp_path / "explainer.onnx"), targets="input")
+    session = ort.InferenceSession(str(tmp_path / "explainer.onnx"), providers=["CPUExecutionProvider"])
+    for size in SIZES:
+        batch = images[size].numpy()
+        (cam,) = session.run(["cam"], {"input": batch, "target_class": np.array(CLASSES, np.int64)})
+        assert cam.shape == (2, *size)
+        np.testing.assert_allclose(cam, explainer(batch, CLASSES).cams, rtol=0, atol=1e-5)
