@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--method", default="gradcam", choices=GRADIENT_METHODS, metavar="METHOD",
                         help=f"gradient CAM method: {', '.join(GRADIENT_METHODS)} (default gradcam)")
     export.add_argument("--targets", default="top", choices=EXPORT_TARGETS,
-                        help="top: explain each image's top class; input: add an int64 target_class input "
+                        help="top: explain each image's top class; input: add an int64 target_class input; "
+                             "seed: add a float target_seed input shaped like the output, for dense outputs "
                              "(default top)")
     export.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
     export.set_defaults(run=_export)

@@ -45,19 +45,27 @@ class Probability:
 class Mask:
     """A class of a segmentation output (N, classes, H, W) summed over a region: the seed is one_hot * mask.
 
-    ``mask``: (H, W) weights (bool or float) at the output's resolution; None for the whole image.
+    ``mask``: (H, W) weights (bool or float) at the output's resolution; None for the whole image (which needs
+    the output's size known: for a model of symbolic size, give the mask).
     """
 
     class_index: int
     mask: Optional[np.ndarray] = None
 
-    def seed(self, output_shape: Sequence[int], dtype) -> np.ndarray:
+    def seed(self, output_shape: Sequence, dtype) -> np.ndarray:
+        """The seed for one image; ``output_shape`` without the batch, symbolic sizes as None or names."""
         classes, *spatial = output_shape
+        if not isinstance(classes, int):
+            raise ValueError("Mask targets need the output's number of classes known; pass a seed array instead")
         _check_index("class index", self.class_index, classes)
-        seed = np.zeros(output_shape, dtype)
+        known = all(isinstance(d, int) for d in spatial)
+        if self.mask is None and not known:
+            raise ValueError(f"the output's size is symbolic {tuple(spatial)}: give the Mask a mask at the size "
+                             "the output has for these images")
         mask = np.ones(spatial) if self.mask is None else np.asarray(self.mask)
-        if mask.shape != tuple(spatial):
+        if len(mask.shape) != len(spatial) or (known and mask.shape != tuple(spatial)):
             raise ValueError(f"mask of shape {mask.shape} for an output whose spatial shape is {tuple(spatial)}")
+        seed = np.zeros((classes, *mask.shape), dtype)
         seed[self.class_index] = mask
         return seed
 
@@ -153,9 +161,11 @@ def _host_seeds(targets: list, batch: int, output_shape: Optional[Sequence], dty
         targets = targets * batch
     if len(targets) != batch:
         raise ValueError(f"{len(targets)} targets for {batch} images")
-    if output_shape is None or not all(isinstance(d, int) for d in output_shape[1:]):
-        raise ValueError(f"the explained output has shape {output_shape}: Mask and Detection targets need its "
-                         "non-batch dims known; pass a seed array instead")
+    if output_shape is None:
+        raise ValueError("the explained output's shape is unknown: pass a seed array instead")
+    if any(isinstance(t, Detection) for t in targets) and not all(isinstance(d, int) for d in output_shape[1:]):
+        raise ValueError(f"the explained output has shape {output_shape}: Detection targets need its non-batch "
+                         "dims known; pass a seed array instead")
     return np.stack([target.seed(output_shape[1:], dtype) for target in targets])
 
 

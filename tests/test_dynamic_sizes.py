@@ -9,6 +9,8 @@ ONNX Runtime session equals the Explainer's maps at both.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 ARCHS = {
     "resnet50": ("layer4", "layer3.1.conv2"),
     "mobilenet_v3_large": ("features", "features.12.block.0"),
+    "convnext_tiny": ("features", "features.5.3.block"),
 }
 SIZES = [(224, 224), (320, 256)]
 
@@ -70,3 +73,31 @@ def test_one_exported_model_explains_every_size(exported, tmp_path):
         (cam,) = session.run(["cam"], {"input": batch, "target_class": np.array(CLASSES, np.int64)})
         assert cam.shape == (2, *size)
         np.testing.assert_allclose(cam, explainer(batch, CLASSES).cams, rtol=0, atol=1e-5)
+
+
+def test_a_segmenter_of_symbolic_size_explains_a_class_over_a_mask_at_every_size(tmp_path):
+    """fcn_resnet50 exported with dynamic height and width: a Mask target at the size the output has for each
+    batch (its size is symbolic) gives gradients equal to float64 autograd of the same masked class score."""
+    from onnx_gradcam import Mask
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
+                                                         aux_loss=False).eval()
+    path = tmp_path / "fcn.onnx"
+    export(model, torch.randn(1, 3, 128, 128), path, dynamic_size=True)
+    explainer = Explainer(path, layer="backbone.layer4", output="out", providers="CPUExecutionProvider")
+    wide = copy.deepcopy(model).double()
+    for height, width in [(128, 128), (160, 96)]:
+        images = torch.randn(1, 3, height, width)
+        mask = np.zeros((height, width), np.float32)
+        mask[height // 4:height // 2, width // 4:width // 2] = 1
+        ours = explainer.gradients(images.numpy(), [Mask(3, mask)])["backbone.layer4"]
+        captured = {}
+        hook = dict(wide.named_modules())["backbone.layer4"].register_forward_hook(
+            lambda module, inputs, output: captured.setdefault("layer", output))
+        try:
+            score = (wide(images.double())["out"][0, 3] * torch.from_numpy(mask).double()).sum()
+        finally:
+            hook.remove()
+        (gradient,) = torch.autograd.grad(score, captured["layer"])
+        assert relative_error(ours.gradients, gradient.numpy()) <= REL_TOL, f"at {height}x{width}"
