@@ -92,7 +92,7 @@ def export(model: torch.nn.Module, example_inputs: ExampleInputs, path: Union[st
     _drop_wrapper_scope(program.model.graph)
     program.model.metadata_props[metadata.KEY] = metadata.Metadata(
         framework="pytorch", framework_version=torch.__version__, input_layout="NCHW",
-        layers={name: metadata.LayerInfo(tensor=name, layout="NCHW") for name, _ in named},
+        layers={name: metadata.LayerInfo(tensor=name) for name, _ in named},  # layouts: followed in the graph
         preprocessing=dict(preprocessing or {})).to_json()
     if external_data is None:
         external_data = weight_bytes(model) > ONE_FILE_LIMIT

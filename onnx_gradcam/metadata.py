@@ -8,7 +8,7 @@ One key, ``onnx_gradcam``, holds a JSON object::
       "framework_version": "2.14.1",
       "input_layout": "NCHW" | "NHWC",       # layout of the image input
       "layers": {                            # framework layer name -> where it lives in the graph
-        "layer4": {"tensor": "layer4", "layout": "NCHW"}
+        "layer4": {"tensor": "layer4", "layout": "NCHW"}   # layout: where the exporter knows it
       },
       "preprocessing": {                     # optional, given by the user at export
         "size": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -37,7 +37,9 @@ VERSION = 1
 @dataclass
 class LayerInfo:
     tensor: str
-    layout: str = "NCHW"
+    layout: Optional[str] = None
+    """"NCHW" or "NHWC" where the framework knows it (Keras' data_format); None: followed through the graph
+    (PyTorch modules do not say which axis of their output holds channels)."""
 
 
 @dataclass
@@ -52,7 +54,8 @@ class Metadata:
     def to_json(self) -> str:
         body = {"version": VERSION, "framework": self.framework, "framework_version": self.framework_version,
                 "input_layout": self.input_layout,
-                "layers": {name: {"tensor": info.tensor, "layout": info.layout} for name, info in self.layers.items()},
+                "layers": {name: {"tensor": info.tensor, **({"layout": info.layout} if info.layout else {})}
+                           for name, info in self.layers.items()},
                 "preprocessing": self.preprocessing, "explainer": self.explainer}
         return json.dumps({k: v for k, v in body.items() if v not in (None, {})}, sort_keys=True)
 

@@ -50,3 +50,15 @@ def test_channels_last_activations_are_nhwc_and_explained_along_their_own_axes(t
     expected = torch.relu((weights * activations).sum(dim=3)).detach().numpy()
     np.testing.assert_allclose(result.raw["mix"], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert result.cams.shape == (2, 10, 12)
+
+
+def test_a_channels_last_layer_kept_by_the_converter_stays_nhwc(tmp_path):
+    """The PyTorch converter records the layers it keeps, but torch does not know which axis of a module's
+    output holds channels: the layout is followed in the graph (it was written as NCHW, which turned the
+    map of a channels-last layer such as swin's blocks into one over the wrong axes)."""
+    torch.manual_seed(0)
+    model = ChannelsLastBlock().eval()
+    path = tmp_path / "kept.onnx"
+    export(model, torch.randn(2, 3, 10, 12), path, layers=["mix", "out"])
+    explainer = Explainer(str(path), layer=["mix", "out"])
+    assert [layer.layout for layer in explainer.layers] == ["NHWC", "NCHW"]

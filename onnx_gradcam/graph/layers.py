@@ -105,7 +105,7 @@ def tensor_layouts(view: GraphView, metadata: Metadata) -> dict[str, str]:
     inputs = {name: metadata.input_layout or guess_input_layout(view.shape(name) or [])
               for name in view.input_names if view.rank(name) == 4}
     layouts = infer_layouts(view, inputs)
-    layouts.update({info.tensor: info.layout for info in metadata.layers.values()})
+    layouts.update({info.tensor: info.layout for info in metadata.layers.values() if info.layout})
     return layouts
 
 
