@@ -9,10 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from adjoint import model_text, parse
-from onnx_gradcam.autodiff import backward, gradient_model, gradient_names
+from adjoint import model_text, parse, shape_text
+from onnx_gradcam.autodiff import UnsupportedOperatorError, backward, gradient_model, gradient_names
 from onnx_gradcam.autodiff.registry import RULES
 from onnx_gradcam.graph.assemble import extend_model, tensor_info
 from onnx_gradcam.graph.builder import NAMESPACE
@@ -67,14 +68,12 @@ def test_gradient_names_are_the_plain_ones_when_free():
 STOPS = """
 sine = Sin(x)
 floored = Floor(x)
-as_int = Cast<to = 7>(x)
-int_back = Cast<to = 1>(as_int)
 shape = Shape(x)
 shape_float = Cast<to = 1>(shape)
 winner = ArgMax<axis = 1, keepdims = 1>(x)
 winner_float = Cast<to = 1>(winner)
 weighted = Mul(winner_float, x)
-y = Sum(sine, floored, int_back, shape_float, weighted)
+y = Sum(sine, floored, shape_float, weighted)
 """
 
 
@@ -87,7 +86,8 @@ def test_non_differentiable_paths_stop_the_gradient():
 
 
 def test_only_stopped_paths_give_zeros():
-    body = "floored = Floor(x)\nas_int = Cast<to = 7>(x)\nint_back = Cast<to = 1>(as_int)\ny = Add(floored, int_back)"
+    body = ("floored = Floor(x)\nwinner = ArgMax<axis = 1, keepdims = 1>(x)\nwinner_float = Cast<to = 1>(winner)\n"
+            "y = Add(floored, winner_float)")
     x, v = normal((2, 3), 4) * 3, normal((2, 3), 5)
     grads = run_gradients(parse(text(body, "float[2,3] x", "float[2,3] y")), ["x"], {"x": x}, v)
     assert grads["x"].dtype == np.float32 and grads["x"].shape == (2, 3)
@@ -237,3 +237,109 @@ def test_other_float_types_differentiate_in_their_own_type(type_name):
     derivative = (1 - np.tanh(x64) ** 2 + 1 / (1 + np.abs(x64)) ** 2 + sig * (1 - sig) / (2 * np.sqrt(sig))
                   + (x64 > 0))
     np.testing.assert_allclose(dx.astype(np.float64), v.astype(np.float64) * derivative, rtol=rtol, atol=atol)
+
+
+# --- (g) integer paths: quantised ones carry the gradient of their values, any other one raises ---------------------
+TURNED_INTEGER = {
+    "alone": "[to_int] as_int = Cast<to = 6>(x)\ny = Cast<to = 1>(as_int)",
+    "beside_a_float_path": "[to_int] as_int = Cast<to = 6>(x)\nint_back = Cast<to = 1>(as_int)\nsine = Sin(x)\n"
+                           "y = Add(sine, int_back)",
+    "through_integer_ops": "[to_int] as_int = Cast<to = 6>(x)\ndoubled = Add(as_int, as_int)\n"
+                           "y = Cast<to = 1>(doubled)",
+    "into_a_dequantize": "[to_int] as_int = Cast<to = 3>(x)\ny = DequantizeLinear(as_int, scale)",
+}
+
+
+@pytest.mark.parametrize("body", TURNED_INTEGER.values(), ids=TURNED_INTEGER.keys())
+def test_a_float_path_turned_integer_raises_instead_of_a_silent_zero(body):
+    model = parse(model_text(body, "float[2,3] x", "float[2,3] y", opset=19, initializers="float scale = {0.5}"))
+    with pytest.raises(UnsupportedOperatorError) as error:
+        gradient_model(model, ["x"])
+    message = str(error.value)
+    assert "'Cast' at node 'to_int'" in message and "'as_int'" in message and "zero in silence" in message
+    assert "Choose a layer after it" in message and "QuantFormat.QDQ" in message
+
+
+SHAPED_BY_VALUES = {
+    "reshape": ("sine = Sin(x)\ny = Reshape(sine, sizes)", [3, 2], lambda v: v.reshape(2, 3)),
+    "tile": ("sine = Sin(x)\ny = Tile(sine, sizes)", [6, 6], lambda v: v.reshape(3, 2, 2, 3).sum(axis=(0, 2))),
+}
+
+
+@pytest.mark.parametrize("case", SHAPED_BY_VALUES.values(), ids=SHAPED_BY_VALUES.keys())
+def test_an_integer_path_feeding_only_a_shape_is_a_shape_computation(case):
+    """x's values, cast to int64, give a Reshape its shape or a Tile its repeats: no gradient flows there, and
+    none should; the float path beside them is exact."""
+    use, y_shape, back = case
+    body = ("nothing = Mul(x, zero)\ntotal = ReduceSum<keepdims = 0>(nothing)\nwanted = Add(total, values)\n"
+            f"sizes = Cast<to = 7>(wanted)\n{use}")
+    model = parse(model_text(body, "float[2,3] x", f"float{shape_text(y_shape)} y", opset=18,
+                             initializers="float zero = {0.0}, float[2] values = {3.0, 2.0}"))
+    x, v = normal((2, 3), 13), normal(y_shape, 14)
+    grads = run_gradients(model, ["x"], {"x": x}, v)
+    np.testing.assert_allclose(grads["x"], back(v.astype(np.float64)) * np.cos(x.astype(np.float64)), rtol=1e-5,
+                               atol=1e-6)
+
+
+def _qdq_model(scale, zero_point, axis: int, shape: list[int], elem_type: int,
+               float_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """y = DequantizeLinear(QuantizeLinear(x)), with its quantisation parameters as initializers."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"], name="quantize", axis=axis),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["y"], name="dequantize", axis=axis)]
+    initializers = [numpy_helper.from_array(np.asarray(scale, helper.tensor_dtype_to_np_dtype(float_type)), "scale"),
+                    numpy_helper.from_array(np.asarray(zero_point, dtype), "zero_point")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", float_type, shape)],
+                              [helper.make_tensor_value_info("y", float_type, shape)], initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+
+
+def _torch_fake_quantize(x: np.ndarray, v: np.ndarray, scale, zero_point, axis: int, elem_type: int):
+    """torch's fake quantisation of x (per tensor, or per channel along ``axis``) and its VJP of v."""
+    info = np.iinfo(helper.tensor_dtype_to_np_dtype(elem_type))
+    tx = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    if np.ndim(scale) == 0:
+        y = torch.fake_quantize_per_tensor_affine(tx, float(scale), int(zero_point), int(info.min), int(info.max))
+    else:
+        y = torch.fake_quantize_per_channel_affine(tx, torch.tensor(scale, dtype=torch.float32),
+                                                   torch.tensor(zero_point, dtype=torch.int32), axis,
+                                                   int(info.min), int(info.max))
+    y.backward(torch.tensor(v))
+    return y.detach().numpy(), tx.grad.numpy()
+
+
+# x / 0.5 + 3 on both sides of each bound, ties rounded to even as QuantizeLinear and torch do.
+AT_THE_BOUNDS = {TensorProto.INT8: [-65.5, -65.75, -65.25, -66.0, 62.0, 62.25, 62.5, 62.75, 0.3, -7.1],
+                 TensorProto.UINT8: [-1.5, -1.75, -1.25, -2.0, 126.0, 126.25, 126.5, 126.75, 0.3, 40.6]}
+
+
+@pytest.mark.parametrize("float_type", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["float32", "float16"])
+@pytest.mark.parametrize("elem_type", AT_THE_BOUNDS, ids=["int8", "uint8"])
+def test_a_qdq_pair_passes_dy_inside_the_clip_range_bounds_included(elem_type, float_type):
+    """dx = dy where qmin <= round(x / s) + zp <= qmax, else 0: torch's fake_quantize backward."""
+    dtype = helper.tensor_dtype_to_np_dtype(float_type)
+    x = np.array(AT_THE_BOUNDS[elem_type] * 2, np.float32).reshape(4, 5)
+    x[2:] += normal((2, 5), 15) * 0.01  # and values away from the bounds
+    x, v = x.astype(dtype), normal((4, 5), 16, dtype)
+    grads = run_gradients(_qdq_model(0.5, 3, 1, [4, 5], elem_type, float_type), ["x"], {"x": x}, v)
+    _, expected = _torch_fake_quantize(x.astype(np.float32), v.astype(np.float32), 0.5, 3, 1, elem_type)
+    inside = expected != 0
+    assert inside.any() and not inside.all(), "the test values must lie on both sides of the clip range"
+    assert grads["x"].dtype == dtype
+    np.testing.assert_allclose(grads["x"].astype(np.float32), expected, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(grads["x"] != 0, inside)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_a_per_channel_qdq_pair_gates_each_channel_by_its_own_range(axis):
+    shape = [3, 4, 5]
+    channels = shape[axis]
+    rng = np.random.default_rng(17)
+    scale = rng.uniform(0.01, 0.05, channels).astype(np.float32)
+    zero_point = rng.integers(-20, 20, channels).astype(np.int8)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)  # about a tenth falls outside each channel's range
+    v = normal(shape, 18)
+    grads = run_gradients(_qdq_model(scale, zero_point, axis, shape, TensorProto.INT8), ["x"], {"x": x}, v)
+    _, expected = _torch_fake_quantize(x, v, scale, zero_point, axis % len(shape), TensorProto.INT8)
+    assert (expected == 0).any() and (expected != 0).any()
+    np.testing.assert_allclose(grads["x"], expected, rtol=1e-6, atol=0)

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper
 
 from ..graph.builder import Attr, NodeBuilder, node_attributes
-from ..graph.view import Dim, GraphView
+from ..graph.view import FLOAT_TYPES, Dim, GraphView
 
 
 @dataclass
@@ -55,6 +55,12 @@ class GradContext:
     def __init__(self, view: GraphView, builder: NodeBuilder):
         self.view = view
         self.builder = builder
+
+    def with_stand_ins(self, stand_ins: dict[str, str]) -> GradContext:
+        """This context, where each emitted tensor of ``stand_ins`` stands in for a forward tensor (emitted ->
+        forward): a rule asking about it gets the forward tensor's shape and its own element type. So a rule
+        can run on a synthetic node of emitted tensors: an op's float twin on integer values."""
+        return _StandInContext(self.view, self.builder, stand_ins)
 
     # --- emitting (the builder's) ------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: Optional[str], outputs: int = 1, **attrs: Optional[Attr]
@@ -165,3 +171,45 @@ class GradContext:
         axes = self.op("Reshape", self.op("NonZero", self.op("Equal", padded, self.ints([1]))), self.ints([-1]))
         reduced = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", reduced, target_shape)
+
+
+class _StandInContext(GradContext):
+    """A :class:`GradContext` over a :class:`_StandInView`, whose errors name the forward tensors."""
+
+    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str]):
+        super().__init__(_StandInView(view, builder, stand_ins), builder)
+        self._stand_ins = stand_ins
+
+    def rank(self, name: str) -> int:
+        return super().rank(self._stand_ins.get(name, name))
+
+
+class _StandInView:
+    """A :class:`GraphView` that answers for emitted stand-ins with the shapes of the tensors they stand for
+    (their types from the builder, no constant values); everything else as the view does."""
+
+    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str]):
+        self._view = view
+        self._builder = builder
+        self._stand_ins = stand_ins
+
+    def __getattr__(self, name: str):
+        return getattr(self._view, name)
+
+    def shape(self, name: str) -> Optional[list[Dim]]:
+        return self._view.shape(self._stand_ins.get(name, name))
+
+    def rank(self, name: str) -> Optional[int]:
+        return self._view.rank(self._stand_ins.get(name, name))
+
+    def static_shape(self, name: str, what: str = "") -> list[int]:
+        return self._view.static_shape(self._stand_ins.get(name, name), what)
+
+    def elem_type(self, name: str) -> Optional[int]:
+        return self._builder.elem_type(name) if name in self._stand_ins else self._view.elem_type(name)
+
+    def is_float(self, name: str) -> bool:
+        return self.elem_type(name) in FLOAT_TYPES
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        return None if name in self._stand_ins else self._view.constant(name)

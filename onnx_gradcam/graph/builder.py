@@ -28,7 +28,7 @@ ElemTypes = Callable[[str], Optional[int]]
 _BOOL_RESULTS = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
                            "IsNaN", "IsInf"})
 _INT64_RESULTS = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
-_TYPE_FROM_INPUT = {"Where": 1, "CastLike": 1, "OneHot": 2}
+_TYPE_FROM_INPUT = {"Where": 1, "CastLike": 1, "OneHot": 2, "DequantizeLinear": 1}
 """Ops whose result takes the type of an input other than the first (every other op emitted takes the first's)."""
 
 

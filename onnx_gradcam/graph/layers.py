@@ -84,16 +84,17 @@ def framework_names(view: GraphView, metadata: Metadata) -> dict[str, list[str]]
 
 
 def candidate_layers(view: GraphView, output: str, metadata: Metadata) -> list[Layer]:
-    """Float rank-4 tensors with spatial extent (H > 1 and W > 1) on a path to ``output``, in graph order,
-    laid out NCHW or NHWC (from our metadata, else followed from the image input through the graph)."""
-    needed = view.ancestors([output])
+    """Float rank-4 tensors with spatial extent (H > 1 and W > 1) on a path from an input to ``output`` (so no
+    weight, whether an initializer, a Constant node or a dequantised int8 one), in graph order, laid out NCHW
+    or NHWC (from our metadata, else followed from the image input through the graph)."""
+    needed = view.ancestors([output]) & view.depends_on(view.input_names)  # activations, not weights
     names = framework_names(view, metadata)
     layouts = tensor_layouts(view, metadata)
     candidates = []
     for node in view.nodes:
         for tensor in node.output:
-            if not tensor or tensor not in needed or not view.is_float(tensor) or view.is_constant(tensor):
-                continue  # a weight held in a Constant node is no activation
+            if not tensor or tensor not in needed or not view.is_float(tensor):
+                continue
             layer = make_layer(view, tensor, names, layouts)
             if layer is not None and layer.layout in ("NCHW", "NHWC") and _has_spatial_extent(layer):
                 candidates.append(layer)
