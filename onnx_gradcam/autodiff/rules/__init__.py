@@ -2,11 +2,13 @@
 
 from . import (  # noqa: F401
     arithmetic,
+    contrib,
     conv,
     elementwise,
     linalg,
     normalization,
     pooling,
+    quantization,
     reduction,
     resize,
     shape,
