@@ -60,7 +60,12 @@ class GradContext:
         """This context, where each emitted tensor of ``stand_ins`` stands in for a forward tensor (emitted ->
         forward): a rule asking about it gets the forward tensor's shape and its own element type. So a rule
         can run on a synthetic node of emitted tensors: an op's float twin on integer values."""
-        return _StandInContext(self.view, self.builder, stand_ins)
+        return _StandInContext(self.view, self.builder, stand_ins, {})
+
+    def with_shapes(self, shapes: dict[str, list[Dim]]) -> GradContext:
+        """This context, told the shapes of emitted tensors a rule run on a synthetic node asks about (a
+        transposed operand, a tensor in a blocked layout), which the forward view cannot know."""
+        return _StandInContext(self.view, self.builder, {}, shapes)
 
     # --- emitting (the builder's) ------------------------------------------------------------------------
     def op(self, op_type: str, *inputs: Optional[str], outputs: int = 1, **attrs: Optional[Attr]
@@ -176,8 +181,9 @@ class GradContext:
 class _StandInContext(GradContext):
     """A :class:`GradContext` over a :class:`_StandInView`, whose errors name the forward tensors."""
 
-    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str]):
-        super().__init__(_StandInView(view, builder, stand_ins), builder)
+    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str],
+                 shapes: dict[str, list[Dim]]):
+        super().__init__(_StandInView(view, builder, stand_ins, shapes), builder)
         self._stand_ins = stand_ins
 
     def rank(self, name: str) -> int:
@@ -185,31 +191,36 @@ class _StandInContext(GradContext):
 
 
 class _StandInView:
-    """A :class:`GraphView` that answers for emitted stand-ins with the shapes of the tensors they stand for
-    (their types from the builder, no constant values); everything else as the view does."""
+    """A :class:`GraphView` that answers for emitted tensors too: a stand-in with the shape of the tensor it
+    stands for, a tensor of ``shapes`` with its given shape (their types from the builder, no constant values);
+    everything else as the view does."""
 
-    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str]):
+    def __init__(self, view: GraphView, builder: NodeBuilder, stand_ins: dict[str, str],
+                 shapes: dict[str, list[Dim]]):
         self._view = view
         self._builder = builder
         self._stand_ins = stand_ins
+        self._shapes = shapes
 
     def __getattr__(self, name: str):
         return getattr(self._view, name)
 
     def shape(self, name: str) -> Optional[list[Dim]]:
-        return self._view.shape(self._stand_ins.get(name, name))
+        return self._shapes[name] if name in self._shapes else self._view.shape(self._stand_ins.get(name, name))
 
     def rank(self, name: str) -> Optional[int]:
-        return self._view.rank(self._stand_ins.get(name, name))
+        shape = self.shape(name)
+        return None if shape is None else len(shape)
 
     def static_shape(self, name: str, what: str = "") -> list[int]:
         return self._view.static_shape(self._stand_ins.get(name, name), what)
 
     def elem_type(self, name: str) -> Optional[int]:
-        return self._builder.elem_type(name) if name in self._stand_ins else self._view.elem_type(name)
+        emitted = name in self._stand_ins or name in self._shapes
+        return self._builder.elem_type(name) if emitted else self._view.elem_type(name)
 
     def is_float(self, name: str) -> bool:
         return self.elem_type(name) in FLOAT_TYPES
 
     def constant(self, name: str) -> Optional[np.ndarray]:
-        return None if name in self._stand_ins else self._view.constant(name)
+        return None if name in self._stand_ins or name in self._shapes else self._view.constant(name)

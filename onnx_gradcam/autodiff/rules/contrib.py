@@ -30,30 +30,11 @@ NCHWC = "com.microsoft.nchwc"
 
 
 # --- running standard rules on synthetic nodes ---------------------------------------------------------------
-class _ViewWithShapes:
-    """The forward view, told the shapes of some tensors it cannot know: a transposed operand emitted for a
-    standard rule, a tensor in the nchwc layout."""
-
-    def __init__(self, view, shapes: dict[str, list[Dim]]):
-        self._view = view
-        self._shapes = shapes
-
-    def __getattr__(self, name: str):
-        return getattr(self._view, name)
-
-    def shape(self, name: str) -> Optional[list[Dim]]:
-        return self._shapes[name] if name in self._shapes else self._view.shape(name)
-
-    def rank(self, name: str) -> Optional[int]:
-        shape = self.shape(name)
-        return None if shape is None else len(shape)
-
-
 def _standard_rule(g: GradContext, op_type: str, inputs: list[str], output: str, dy: str, wants: list[bool],
                    shapes: Optional[dict[str, list[Dim]]] = None, **attrs) -> list[Optional[str]]:
     """The gradients the registered rule of standard op ``op_type`` gives for ``op_type(inputs) -> output``;
     ``shapes`` tells it the shapes of tensors the view does not know."""
-    context = GradContext(_ViewWithShapes(g.view, shapes), g.builder) if shapes else g
+    context = g.with_shapes(shapes) if shapes else g
     node = helper.make_node(op_type, inputs, [output], **attrs)
     return RULES[op_type](context, Step(node, [dy], wants))
 
