@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import default_layer, list_layers
+from . import layers_and_default
 from .autodiff import UnsupportedOperatorError
 from .explainer import EXPORT_TARGETS, Explainer
 from .export import default_name, explainer_to_export, write_triton_entry
@@ -128,11 +128,11 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
 
 
 def _layers(args) -> int:
-    layers = list_layers(args.model, args.output)
-    if not layers:
+    layers, default, _ = layers_and_default(args.model, args.output)
+    if default is None:
         print("no candidate layers")
         return 0
-    chosen = default_layer(args.model, args.output).tensor
+    chosen = default.tensor
     rows = [("*" if layer.tensor == chosen else "", layer.tensor, layer.op, "x".join(str(d) for d in layer.shape),
              layer.name or "", layer.layout) for layer in layers]
     header = ("", "tensor", "op", "shape", "framework name", "layout")

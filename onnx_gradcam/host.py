@@ -115,7 +115,8 @@ class OnHost:
 
 
 def _maps_model(count: int, dtype: np.dtype) -> onnx.ModelProto:
-    """raw_0 .. raw_<count-1> (N, h, w) and image_size (H, W) -> cam (N, H, W), as in the explainer model."""
+    """raw_0 .. raw_<count-1> (N, h, w) and image_size (H, W) -> cam (N, H, W) float32, as in the explainer
+    model."""
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     names = [f"raw_{i}" for i in range(count)]
     b = NodeBuilder([*names, IMAGE_SIZE, CAM], {name: elem_type for name in names}.get)
@@ -123,7 +124,7 @@ def _maps_model(count: int, dtype: np.dtype) -> onnx.ModelProto:
     graph = onnx.helper.make_graph(
         b.nodes, "maps",
         [tensor_info(n, elem_type, ["N", None, None]) for n in names] + [tensor_info(IMAGE_SIZE, onnx.TensorProto.INT64, [2])],
-        [tensor_info(CAM, elem_type, ["N", None, None])], initializer=b.initializers)
+        [tensor_info(CAM, maps.CAM_TYPE, ["N", None, None])], initializer=b.initializers)
     return set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
 
 

@@ -43,10 +43,7 @@ detectors and segmenters take)."""
 def default_layer(view: GraphView, candidates: Sequence[Layer], output: str) -> Layer:
     """The layer ``layer="auto"`` names; see the module's docstring for the rule and why."""
     if not candidates:
-        raise ValueError(
-            f"no tensor of rank 4 with a spatial extent lies on the path to output {output!r}; name a layer "
-            "explicitly (for token activations of shape (N, tokens, C), give a reshape spec)"
-        )
+        raise no_candidates(output)
     if (view.rank(output) or 2) <= 2:
         return candidates[-1]
     rearranged = _rearranged_into(view, output)
@@ -57,6 +54,11 @@ def default_layer(view: GraphView, candidates: Sequence[Layer], output: str) -> 
         return features[-1]
     lowest = min(sizes[layer.tensor] for layer in known)
     return [layer for layer in known if sizes[layer.tensor] == lowest][-1]
+
+
+def no_candidates(output: str) -> ValueError:
+    return ValueError(f"no tensor of rank 4 with a spatial extent lies on the path to output {output!r}; name a "
+                      "layer explicitly (for token activations of shape (N, tokens, C), give a reshape spec)")
 
 
 def _rearranged_into(view: GraphView, output: str) -> set[str]:
