@@ -14,6 +14,7 @@ from .autodiff import backward
 from .graph.assemble import extend_model, keep_outputs, tensor_info
 from .graph.builder import NodeBuilder
 from .graph.layers import Layer
+from .graph.layout import image_hw
 from .methods import GRADIENT_METHODS, channel_map
 from .subject import Subject
 from .targets import Seeding, class_seed
@@ -131,9 +132,8 @@ def _image_size_step(b: NodeBuilder, io: _Interface, subject: Subject, built: Ex
     if subject.image_input is None:
         built.image_size_input = io.add_input(b, IMAGE_SIZE_INPUT, TensorProto.INT64, [2])
         return built.image_size_input, [None, None]
-    shape = subject.view.shape(subject.image_input)
-    image_hw = shape[2:4] if subject.image_layout == "NCHW" else shape[1:3]
-    return maps.image_size(b, subject.image_input, subject.image_layout), image_hw
+    static_hw = image_hw(subject.view.shape(subject.image_input), subject.image_layout)
+    return maps.image_size(b, subject.image_input, subject.image_layout), static_hw
 
 
 def _as_map(b: NodeBuilder, tensor: str, layer: Layer) -> str:

@@ -13,6 +13,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from .explainer import Explainer
+from .graph.layout import image_hw
 from .images import Preprocessing, display_rgb, load_picture
 from .pictures import overlay
 
@@ -49,7 +50,7 @@ def find_images(paths: Iterable[str]) -> list[str]:
 def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) -> Preprocessing:
     """The model's own preprocessing (metadata, input shape), with the user's ``overrides`` on top."""
     shape = explainer.subject.view.shape(explainer.subject.image_input) or []
-    spatial = shape[2:4] if explainer.subject.image_layout == "NCHW" else shape[1:3]
+    spatial = image_hw(shape, explainer.subject.image_layout)
     size = spatial if len(spatial) == 2 and all(isinstance(d, int) for d in spatial) else None
     values = {**explainer.metadata.preprocessing, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return Preprocessing.from_metadata(values, explainer.subject.image_layout, size)

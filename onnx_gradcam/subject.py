@@ -10,7 +10,7 @@ import numpy as np
 from onnx import NodeProto
 
 from .graph.layers import Layer, TokenGrid, candidate_layers, resolve_layer
-from .graph.layout import guess_input_layout
+from .graph.layout import guess_input_layout, image_hw
 from .graph.view import GraphView
 from .metadata import Metadata
 
@@ -44,8 +44,7 @@ class Subject:
 
     def image_size(self, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
         """(H, W) of the image input in ``feeds``."""
-        shape = feeds[self.image_input].shape
-        return tuple(shape[2:4] if self.image_layout == "NCHW" else shape[1:3])
+        return tuple(image_hw(feeds[self.image_input].shape, self.image_layout))
 
     def head(self, head_view: GraphView) -> "Subject":
         """The same layers and output over a cut-out head: no image input (the size is fed instead)."""

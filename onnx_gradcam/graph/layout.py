@@ -21,6 +21,11 @@ CHANNELS_FIRST_OPS = frozenset({
 """Ops whose rank-4 output is NCHW whatever their input's layout (the ONNX spec defines them so)."""
 
 
+def image_hw(shape, layout: str) -> list:
+    """The (H, W) entries of a rank-4 image shape laid out ``layout`` ("NCHW" or "NHWC")."""
+    return list(shape[2:4] if layout == "NCHW" else shape[1:3])
+
+
 def guess_input_layout(shape) -> str:
     """NHWC when the last dim looks like 1, 3 or 4 channels and the second does not; NCHW otherwise."""
     return "NHWC" if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW"
