@@ -15,6 +15,7 @@ from .graph.assemble import extend_model, keep_outputs, tensor_info
 from .graph.builder import NodeBuilder
 from .graph.layers import Layer
 from .graph.layout import image_hw
+from .graph.promote import Twin, float32_twin
 from .methods import GRADIENT_METHODS, channel_map
 from .subject import Subject
 from .targets import Seeding, class_seed
@@ -69,36 +70,40 @@ def build_explainer_model(subject: Subject, seeding: Seeding, method: Optional[s
     ``method`` None leaves the maps to the host: activations and gradients only. ``contributions_only`` stops a
     gradient method at its per-channel contributions, for the host's SVD (``eigen_smooth``).
     """
-    view = subject.view
-    b, io = view.builder(), _Interface()
+    view, layers = subject.view, [layer.tensor for layer in subject.layers]
+    twin = float32_twin(view, layers, subject.output) if subject.precision == "float32" else Twin(view, {})
+    b, io = twin.view.builder(), _Interface()
     built = ExplainerModel(model=view.model, seeding=seeding, model_outputs=view.output_names)
-    seed = _seed_step(b, io, subject, built)
-    gradients = backward(view, subject.output, seed, [layer.tensor for layer in subject.layers], b,
-                         subject.layers_after)
-    for layer in subject.layers:
-        if layer.tensor not in view.output_names:
-            io.outputs.append(tensor_info(layer.tensor, view.elem_type(layer.tensor), view.shape(layer.tensor)))
-        built.activations.append(layer.tensor)
-        built.gradients.append(io.add_output(b, gradients[layer.tensor], f"grad/{layer.tensor}",
-                                             view.elem_type(layer.tensor), view.shape(layer.tensor)))
+    seed = _seed_step(b, io, subject, built, twin)
+    backward_pass = backward(twin.view, twin[subject.output], seed, [twin[layer] for layer in layers], b,
+                             subject.layers_after)
+    gradients = {layer: backward_pass[twin[layer]] for layer in layers}
+    for layer in layers:
+        if layer not in view.output_names:
+            io.outputs.append(tensor_info(layer, view.elem_type(layer), view.shape(layer)))
+        built.activations.append(layer)
+        built.gradients.append(io.add_output(b, gradients[layer], f"grad/{layer}", twin.view.elem_type(twin[layer]),
+                                             view.shape(layer)))
     if method is not None:
         _maps_step(b, io, subject, built, gradients, method, contributions_only)
-    built.model = extend_model(view.model, b.nodes, b.initializers, inputs=io.inputs, outputs=io.outputs)
+    built.model = extend_model(twin.view.model, b.nodes, b.initializers, inputs=io.inputs, outputs=io.outputs)
     return built
 
 
-def _seed_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel) -> str:
-    """The seed of the backward pass, from a class input, the top class or a seed input."""
+def _seed_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel, twin: Twin) -> str:
+    """The seed of the backward pass (in the type of the output's twin), from a class input, the top class of
+    the model's output or a seed input."""
     view, output = subject.view, subject.output
     if built.seeding is Seeding.SEED:
         built.target_input = io.add_input(b, SEED_INPUT, view.elem_type(output), view.shape(output))
-        return built.target_input
+        return b.cast(built.target_input, twin.view.elem_type(twin[output]))
     if view.rank(output) != 2:
         raise ValueError(f"output {output!r} has shape {view.shape(output)}; class targets need (N, classes). "
                          "Give a seed array, a Mask or a Detection target instead (to export: targets='seed')")
     if built.seeding is not Seeding.TOP:
         built.target_input = io.add_input(b, CLASS_INPUT, TensorProto.INT64, view.shape(output)[:1])
-    seed, chosen = class_seed(b, output, built.target_input, probability=built.seeding is Seeding.PROBABILITY)
+    seed, chosen = class_seed(b, twin[output], built.target_input, probability=built.seeding is Seeding.PROBABILITY,
+                              ranked=output)
     built.class_output = io.add_output(b, chosen, CLASS_OUTPUT, TensorProto.INT64, view.shape(output)[:1])
     return seed
 

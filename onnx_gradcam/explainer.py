@@ -59,6 +59,11 @@ class Explainer:
             (on the host) instead of their sum, as pytorch-grad-cam's ``eigen_smooth``.
         layout: the image input's layout, ``"NCHW"`` or ``"NHWC"`` (default: from the model's metadata, else
             guessed from where its 1 or 3 channels sit).
+        precision: for float16 and bfloat16 models, ``"float32"`` (the default) recomputes the head, from the
+            layers to the output, in float32 beside the model's own nodes and runs the backward pass over it:
+            the gradients are float32, with no rounding of their own. ``"model"`` runs the backward pass in
+            the model's own type (less memory; float16 gradients carry its rounding over every node of the
+            head). float32 and float64 models are the same either way.
 
     Maps are computed in float32 (float64 for float64 layers), whatever the model's float type.
     """
@@ -67,7 +72,7 @@ class Explainer:
                  output: Output = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
                  perturbations_per_run: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False,
-                 layout: Optional[str] = None):
+                 layout: Optional[str] = None, precision: str = "float32"):
         if session_options is not None and not callable(session_options):
             raise TypeError("session_options takes a function returning onnxruntime.SessionOptions (each "
                             "session needs options of its own), e.g. session_options=lambda: my_options()")
@@ -77,7 +82,7 @@ class Explainer:
         light, detached = load_light(model)
         view = GraphView(normalize(light))
         self.metadata = metadata_schema.read(view.model)
-        self.subject = resolve_subject(view, self.metadata, layer, output, tokens, layout)
+        self.subject = resolve_subject(view, self.metadata, layer, output, tokens, layout, precision)
         self.sessions = SessionCache(model, detached, resolve_providers(providers), session_options or default_options)
         on_host = self.method in HOST_METHODS or eigen_smooth
         self.models = ExplainerModels(self.subject, None if self.method in HOST_METHODS else self.method,

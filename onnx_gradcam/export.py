@@ -15,26 +15,26 @@ Layers = Union[str, Sequence[str]]
 
 def export_explainer(model: ModelLike, path: str, layer: Layers = "auto", method: str = "gradcam",
                      targets: str = "top", output: Union[str, int, None] = None,
-                     tokens: Optional[TokenGrid] = None) -> None:
+                     tokens: Optional[TokenGrid] = None, precision: str = "float32") -> None:
     """Write a standalone explainer model to ``path``: the original inputs (plus an int64 ``target_class``
     (N,) with ``targets="input"``), the original outputs plus ``cam`` (N, H, W) float in [0, 1].
 
     It runs on a stock ONNX Runtime (CPU or CUDA, any language binding) without this package or a training
-    framework. ``layer``, ``method`` (a gradient method), ``output`` and ``tokens`` are as for
+    framework. ``layer``, ``method`` (a gradient method), ``output``, ``tokens`` and ``precision`` are as for
     :class:`Explainer`; see :meth:`Explainer.export`.
     """
-    explainer_to_export(model, layer, method, output, tokens).export(path, targets)
+    explainer_to_export(model, layer, method, output, tokens, precision).export(path, targets)
 
 
 def export_triton(model: ModelLike, directory: str, name: Optional[str] = None, layer: Layers = "auto",
                   method: str = "gradcam", targets: str = "top", output: Union[str, int, None] = None,
-                  tokens: Optional[TokenGrid] = None, max_batch_size: int = 8) -> str:
+                  tokens: Optional[TokenGrid] = None, max_batch_size: int = 8, precision: str = "float32") -> str:
     """Write a Triton model repository entry ``directory/<name>/1/model.onnx`` plus ``config.pbtxt`` (inputs,
     outputs, ``max_batch_size`` and dynamic batching), so Triton serves explanations with no code of ours.
 
     ``name`` defaults to the model file's name and the method (``resnet50_gradcam``). Returns the model's folder.
     """
-    explainer = explainer_to_export(model, layer, method, output, tokens)
+    explainer = explainer_to_export(model, layer, method, output, tokens, precision)
     return write_triton_entry(explainer, directory, name or default_name(model, method), targets, max_batch_size)
 
 
@@ -59,7 +59,8 @@ def default_name(model: ModelLike, method: str) -> str:
 
 
 def explainer_to_export(model: ModelLike, layer: Layers = "auto", method: str = "gradcam",
-                        output: Union[str, int, None] = None, tokens: Optional[TokenGrid] = None) -> Explainer:
+                        output: Union[str, int, None] = None, tokens: Optional[TokenGrid] = None,
+                        precision: str = "float32") -> Explainer:
     """An Explainer for exporting only: it runs no session, so no provider probe is made."""
     return Explainer(model, layer=layer, method=method, output=output, providers=["CPUExecutionProvider"],
-                     tokens=tokens)
+                     tokens=tokens, precision=precision)

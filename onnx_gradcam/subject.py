@@ -16,6 +16,9 @@ from .metadata import Metadata
 
 Output = Union[str, int, None]
 LAYOUTS = ("NCHW", "NHWC")
+PRECISIONS = ("float32", "model")
+"""``float32``: a float16 or bfloat16 head is recomputed in float32 for the backward pass (float32 and float64
+heads are left as they are); ``model``: every gradient in the model's own type."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Subject:
 
     ``keys`` name each layer's results: the name the user gave ("auto" by the layer's own name).
     ``image_input`` is None for a cut-out head, whose maps are upsampled to a size fed at run time.
+    ``precision``: what the backward pass of a float16 or bfloat16 head accumulates in (see ``PRECISIONS``).
     """
 
     view: GraphView
@@ -33,6 +37,7 @@ class Subject:
     image_input: Optional[str]
     image_layout: str = "NCHW"
     candidates: tuple[Layer, ...] = ()
+    precision: str = "float32"
 
     def layers_after(self, node: NodeProto) -> list[str]:
         """Candidate layers computed by ``node`` or after it, nearest first (for the no-rule error)."""
@@ -52,8 +57,11 @@ class Subject:
 
 
 def resolve_subject(view: GraphView, metadata: Metadata, layer: Union[str, Sequence[str]], output: Output,
-                    tokens: Optional[TokenGrid], layout: Optional[str]) -> Subject:
-    """The :class:`Subject` the user's arguments name; clear errors for unknown outputs, layers and layouts."""
+                    tokens: Optional[TokenGrid], layout: Optional[str], precision: str = "float32") -> Subject:
+    """The :class:`Subject` the user's arguments name; clear errors for unknown outputs, layers, layouts and
+    precisions."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
     output_name = resolve_output(view, output)
     candidates = candidate_layers(view, output_name, metadata)
     specs = [layer] if isinstance(layer, str) else list(layer)
@@ -62,7 +70,8 @@ def resolve_subject(view: GraphView, metadata: Metadata, layer: Union[str, Seque
     layers = [resolve_layer(view, spec, output_name, candidates, metadata, tokens) for spec in specs]
     keys = [found.display_name if spec == "auto" else spec for spec, found in zip(specs, layers)]
     image_input, image_layout = _image_input(view, metadata, layout)
-    return Subject(view, output_name, tuple(layers), tuple(keys), image_input, image_layout, tuple(candidates))
+    return Subject(view, output_name, tuple(layers), tuple(keys), image_input, image_layout, tuple(candidates),
+                   precision)
 
 
 def resolve_output(view: GraphView, output: Output) -> str:

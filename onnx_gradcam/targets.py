@@ -169,15 +169,16 @@ def _host_seeds(targets: list, batch: int, output_shape: Optional[Sequence], dty
     return np.stack([target.seed(output_shape[1:], dtype) for target in targets])
 
 
-def class_seed(b: NodeBuilder, output: str, class_input: Optional[str], probability: bool = False
-               ) -> tuple[str, str]:
+def class_seed(b: NodeBuilder, output: str, class_input: Optional[str], probability: bool = False,
+               ranked: Optional[str] = None) -> tuple[str, str]:
     """Seeds for a (N, classes) output from int64 class indices (-1: top class; no ``class_input``: always
-    the top class).
+    the top class). ``ranked``: the tensor whose top class is taken, ``output`` by default (the model's own
+    output where ``output`` is its float32 twin).
 
     The logit's seed is one_hot(c); the softmax probability's is p_c * (one_hot(c) - p), its gradient
     with respect to the logits. Returns (seed, the class indices actually used).
     """
-    top = b.op("ArgMax", output, axis=1, keepdims=0)
+    top = b.op("ArgMax", ranked or output, axis=1, keepdims=0)
     chosen = top if class_input is None else b.op("Where", b.op("Less", class_input, b.ints([0])), top, class_input)
     depth = b.op("Shape", output, start=1, end=2)
     one_hot = b.op("CastLike", b.op("OneHot", chosen, depth, b.ints([0, 1]), axis=-1), output)

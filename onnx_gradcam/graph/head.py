@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from onnx import ModelProto, helper
+from onnx import ModelProto, NodeProto, helper
 
 from .assemble import tensor_info
 from .model import set_ir_version
@@ -26,12 +26,17 @@ class Head:
     inputs: list[str]
 
 
-def cut_head(view: GraphView, layers: Sequence[str], output: str) -> Head:
-    """The nodes computing ``output`` from ``layers`` (and what else they read), as a standalone model."""
+def head_nodes(view: GraphView, layers: Sequence[str], output: str) -> list[NodeProto]:
+    """The nodes on a path from ``layers`` to ``output``, in graph order."""
     needed = view.ancestors([output])
     downstream = view.depends_on(layers)
-    nodes = [node for node in view.nodes
-             if any(name in needed for name in node.output) and any(name in downstream for name in node.input)]
+    return [node for node in view.nodes
+            if any(name in needed for name in node.output) and any(name in downstream for name in node.input)]
+
+
+def cut_head(view: GraphView, layers: Sequence[str], output: str) -> Head:
+    """The nodes computing ``output`` from ``layers`` (and what else they read), as a standalone model."""
+    nodes = head_nodes(view, layers, output)
     read = {name for node in nodes for name in node.input}
     constant_nodes = [node for node in view.nodes
                       if node.op_type == "Constant" and not node.input and node.output[0] in read]
