@@ -74,9 +74,20 @@ def default_options() -> ort.SessionOptions:
     return options
 
 
+FLOAT16_UNSAFE_OPTIMIZERS = ["FuseFp16InitializerToFp32NodeTransformer"]
+"""ONNX Runtime 1.31's CPU pass that folds a float16 weight's Cast into a float32 weight crashes the process
+(a segmentation fault while the session is made) on a float16 vision transformer from onnxconverter-common
+given one more graph output (measured: vit_b_16 with its ``encoder_layer_11.ln_1`` output, in a plain
+session too). Sessions over models with float16 weights are made without it; constant folding still turns
+those Casts into float32 weights."""
+
+
 def make_session(model: Union[ModelProto, bytes, str], providers: Providers = "auto",
                  options: Optional[ort.SessionOptions] = None) -> ort.InferenceSession:
     """An inference session over ``model`` (a proto, serialized bytes or a path) with the resolved providers
     (``options`` default to :func:`default_options`)."""
     payload = model.SerializeToString() if isinstance(model, ModelProto) else model
-    return ort.InferenceSession(payload, options or default_options(), providers=resolve_providers(providers))
+    float16_weights = isinstance(model, ModelProto) and any(
+        tensor.data_type == TensorProto.FLOAT16 for tensor in model.graph.initializer)
+    return ort.InferenceSession(payload, options or default_options(), providers=resolve_providers(providers),
+                                disabled_optimizers=FLOAT16_UNSAFE_OPTIMIZERS if float16_weights else None)
