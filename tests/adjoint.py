@@ -22,6 +22,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx_gradcam.autodiff import gradient_model
 
 Oracle = Callable[[dict], np.ndarray]
+NARROW_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+"""The float types :func:`to_float64` widens."""
 
 
 def parse(text: str) -> onnx.ModelProto:
@@ -31,22 +33,23 @@ def parse(text: str) -> onnx.ModelProto:
 
 
 def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same model computing in float64: float32 types, initializers, constants and casts widened."""
+    """The same model computing in float64: float32, float16 and bfloat16 types, initializers, constants and
+    casts widened."""
     wide = onnx.ModelProto()
     wide.CopyFrom(model)
     graph = wide.graph
     del graph.value_info[:]
     for info in (*graph.input, *graph.output):
-        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+        if info.type.tensor_type.elem_type in NARROW_FLOATS:
             info.type.tensor_type.elem_type = TensorProto.DOUBLE
     for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
+        if tensor.data_type in NARROW_FLOATS:
             graph.initializer[index].CopyFrom(_widen(tensor))
     for node in graph.node:
         for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type in NARROW_FLOATS:
                 attribute.t.CopyFrom(_widen(attribute.t))
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i in NARROW_FLOATS:
                 attribute.i = TensorProto.DOUBLE
     return wide
 

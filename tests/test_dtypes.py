@@ -9,12 +9,15 @@ about 3e-2, for Ablation-CAM at the sigmoid layer; 2e-3 or less elsewhere).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 import tiny_cnn
 from onnx_gradcam import Explainer
+from onnx_gradcam.build import build_explainer_model
 from onnx_gradcam.methods import METHODS
+from onnx_gradcam.targets import Seeding
 
 CLASSES = [0, 3, 4]
 LAYERS = (["A"], ["B"], ["A", "B"])
@@ -85,3 +88,33 @@ def test_several_targets_per_image_on_other_float_types(dtype):
     several = explainer(images, [[0, 3]] * len(images)).cams
     for column, target in enumerate([0, 3]):
         np.testing.assert_allclose(several[:, column], explainer(images, target).cams, atol=1e-6)
+
+
+def _twin_nodes(dtype, precision: str):
+    """(the twin nodes of an explainer model at layer A, the model's own nodes, the explainer model)."""
+    explainer = Explainer(tiny_cnn.model(dtype), layer="A", providers="CPUExecutionProvider", precision=precision)
+    built = build_explainer_model(explainer.subject, Seeding.TOP, "gradcam")
+    twins = [node for node in built.model.graph.node if node.name.endswith("/float32")]
+    return twins, explainer.subject.view.nodes, built
+
+
+def test_float32_precision_recomputes_a_float16_head_in_float32_beside_the_models_own():
+    twins, own, built = _twin_nodes(np.float16, "float32")
+    assert twins and {node.name.removesuffix("/float32") for node in twins} <= {node.name for node in own}
+    types = {info.name: info.type.tensor_type.elem_type for info in onnx.shape_inference.infer_shapes(
+        built.model).graph.value_info}
+    assert {types[name] for node in twins for name in node.output} == {onnx.TensorProto.FLOAT}
+    kept = {node.name: node for node in built.model.graph.node}
+    assert all(kept[node.name] == node for node in own), "the model's own nodes were changed"
+
+
+@pytest.mark.parametrize("dtype, precision", [(np.float16, "model"), (np.float32, "float32"),
+                                              (np.float64, "float32")])
+def test_no_twin_where_the_head_is_computed_as_it_stands(dtype, precision):
+    twins, _, _ = _twin_nodes(dtype, precision)
+    assert twins == []
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match=r"precision='half' is not one of \['float32', 'model'\]"):
+        Explainer(tiny_cnn.model(np.float16), layer="A", precision="half")
