@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import tiny_cnn
 from onnx_gradcam import Detection, Explainer, Mask
+from onnx_gradcam.methods import METHODS
 
 
 def _one_line_error(call, *fragments):
@@ -78,3 +80,24 @@ def test_gradients_split_batches_by_max_batch():
     assert chunked_explainer.runs["explainer"] == 3
     np.testing.assert_allclose(chunked.gradients, whole.gradients, rtol=1e-6)
     np.testing.assert_allclose(chunked.activations, whole.activations, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_empty_batch_gives_an_empty_result_of_the_right_shape(method):
+    explainer = Explainer(tiny_cnn.model(np.float32), layer=["A", "B"], method=method)
+    result = explainer(np.zeros((0, 8, 8, 3), np.float32))
+    assert result.cams.shape == (0, 8, 8) and result.cams.dtype == np.float32
+    assert result.raw["A"].shape == (0, 8, 8) and result.raw["B"].shape == (0, 4, 4)
+    assert result.outputs["logits"].shape == (0, 5) and result.classes.shape == (0,)
+
+
+def test_an_empty_batch_through_the_exported_model_in_plain_onnxruntime(resnet, tmp_path):
+    """ReduceMean's and GlobalAveragePool's backward divided Size(x) by Size(y): an integer 0 / 0 for N = 0."""
+    _, images, path = resnet
+    Explainer(path).export(str(tmp_path / "x.onnx"), targets="input")
+    session = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"])
+    empty = {"input": np.zeros((0, 3, 64, 64), np.float32), "target_class": np.zeros(0, np.int64)}
+    logits, cam = session.run(["output", "cam"], empty)
+    assert logits.shape == (0, 1000) and cam.shape == (0, 64, 64)
+    one = {"input": images.numpy()[:1], "target_class": np.asarray([-1])}  # the same model, still right at N = 1
+    assert np.isfinite(session.run(["cam"], one)[0]).all()
