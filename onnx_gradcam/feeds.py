@@ -9,6 +9,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from .graph.layout import image_hw
 from .graph.view import Dim, GraphView
 
 Images = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -76,6 +77,10 @@ def _check_shape(name: str, expected: Optional[list[Dim]], array: np.ndarray, la
         raise ValueError(f"input {name!r} takes batches of exactly {expected[0]} {shown}, got {array.shape[0]}: "
                          f"give {expected[0]} images per call (max_batch={expected[0]} splits larger batches of "
                          "that many)")
+    if wrong and layout is not None and set(wrong) <= {layout.index("H"), layout.index("W")}:
+        size, got = ("x".join(str(d) for d in image_hw(dims, layout)) for dims in (expected, array.shape))
+        raise ValueError(f"input {name!r} takes {size} images {shown}, got {got} in {array.shape}: resize them to "
+                         f"{size} (the model was exported with that size fixed)")
     if wrong:
         raise ValueError(f"input {name!r} takes arrays of shape {shown}, got {array.shape}: the model was exported "
                          "with those sizes fixed, so resize the images to them")

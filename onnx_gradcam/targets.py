@@ -123,6 +123,8 @@ def target_feed(targets: Targets, batch: int, output_shape: Optional[Sequence], 
                 ) -> TargetFeed:
     """The feed for ``targets`` over ``batch`` images; ``output_shape`` and ``output_dtype`` describe the
     explained output (Mask and Detection seeds are built in its shape)."""
+    if hasattr(targets, "__array__") and not isinstance(targets, np.ndarray):  # a torch or JAX array
+        targets = np.asarray(targets)
     if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":
         return TargetFeed(Seeding.SEED, _seed(targets, batch, output_shape, output_dtype))
     listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]

@@ -40,7 +40,7 @@ def test_the_top_class_and_the_last_class_are_in_range(tiny):
 def test_images_of_a_size_a_fixed_size_model_cannot_take(resnet):
     _, images, path = resnet
     _one_line_error(lambda: Explainer(path)(np.zeros((2, 3, 32, 48), np.float32)),
-                    "(2, 3, 32, 48)", "3, 64, 64)", "resize")
+                    "takes 64x64 images", "got 32x48 in (2, 3, 32, 48)", "3, 64, 64)", "resize them to 64x64")
     _one_line_error(lambda: Explainer(path)(np.zeros((3, 64, 64), np.float32)), "rank-4", "(3, 64, 64)")
 
 
@@ -236,3 +236,12 @@ def test_on_nonfinite_warn_with_several_targets_per_image_and_aug_smooth():
         assert result.nonfinite.tolist() == [True, False] and np.isnan(result.cams[0]).all()
         _real_maps(result.cams[1].reshape(-1, 64, 64))
         np.testing.assert_allclose(result.cams[1:], alone.cams, atol=1e-6)
+
+
+def test_targets_from_torch_are_taken_as_numpy_would(quickstart):
+    import torch
+
+    images = _pictures(2)
+    assert quickstart(images, torch.tensor([2, 1])).classes.tolist() == [2, 1]
+    np.testing.assert_allclose(quickstart(images, torch.eye(3)[[2, 1]]).cams, quickstart(images, [2, 1]).cams,
+                               atol=1e-6)
