@@ -35,20 +35,21 @@ def model_feeds(view: GraphView, images: Images, image_input: Optional[str] = No
     else:
         feeds = {inputs[0]: np.asarray(images)}
     for name, array in feeds.items():
-        _check_dtype(view, name, array)
+        _check_dtype(view, name, array, "images" if name == image_input else "array")
         _check_shape(name, view.shape(name), array, image_layout if name == image_input else None)
     return feeds
 
 
-def _check_dtype(view: GraphView, name: str, array: np.ndarray) -> None:
-    """The array's dtype is the input's (ONNX Runtime never casts), with the cast that fixes it."""
+def _check_dtype(view: GraphView, name: str, array: np.ndarray, shown_as: str) -> None:
+    """The array's dtype is the input's (ONNX Runtime never casts), with the cast that fixes it (on the array
+    ``shown_as``)."""
     elem_type = view.elem_type(name)
     if elem_type is None:
         return
     expected = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
     if array.dtype == expected:
         return
-    fix = f"images.astype(np.{expected.name})"
+    fix = f"{shown_as}.astype(np.{expected.name})"
     if expected.kind == "f" and array.dtype == np.uint8:
         fix += " / 255 (pixels 0..255 to 0..1, then the model's own normalisation)"
     raise ValueError(f"input {name!r} takes {expected.name} arrays, got {array.dtype.name}: use {fix}")
