@@ -19,7 +19,7 @@ from . import metadata as metadata_schema
 from .build import deployable_model
 from .explainer_models import ExplainerModels
 from .explanation import Explanation, LayerGradients, join, join_gradients, out_of_memory, rows, target_rows
-from .feeds import Images, model_feeds
+from .feeds import NONFINITE, Images, model_feeds, nonfinite_rows, with_stand_ins
 from .graph.layers import Layer, TokenGrid
 from .graph.model import ModelLike, normalize
 from .graph.view import GraphView
@@ -64,6 +64,8 @@ class Explainer:
             the gradients are float32, with no rounding of their own. ``"model"`` runs the backward pass in
             the model's own type (less memory; float16 gradients carry its rounding over every node of the
             head). float32 and float64 models are the same either way.
+        on_nonfinite: images holding NaN or inf are an error (``"raise"``), or are left unexplained with a warning
+            (``"warn"``): their maps are NaN and ``Explanation.nonfinite`` marks them.
 
     Maps are computed in float32 (float64 for float64 layers), whatever the model's float type.
     """
@@ -72,11 +74,14 @@ class Explainer:
                  output: Output = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
                  perturbations_per_run: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False,
-                 layout: Optional[str] = None, precision: str = "float32"):
+                 layout: Optional[str] = None, precision: str = "float32", on_nonfinite: str = "raise"):
         if session_options is not None and not callable(session_options):
             raise TypeError("session_options takes a function returning onnxruntime.SessionOptions (each "
                             "session needs options of its own), e.g. session_options=lambda: my_options()")
         self.method = check_method(method)  # fail now, not at the first call, on an unknown name
+        if on_nonfinite not in NONFINITE:
+            raise ValueError(f"on_nonfinite={on_nonfinite!r}: 'raise' (the default) or 'warn'")
+        self.on_nonfinite = on_nonfinite
         self.eigen_smooth = eigen_smooth
         self.max_batch = max_batch
         light, detached = load_light(model)
@@ -121,19 +126,26 @@ class Explainer:
         1.1), each flipped back, as pytorch-grad-cam's ``aug_smooth``.
 
         Batches larger than ``max_batch`` (or than ONNX Runtime can allocate) are split and the results joined.
+        Images holding NaN or inf are refused, or explained from a stand-in and blanked (``on_nonfinite``).
         """
         feeds = self._feeds(images)
+        image = self.subject.image_input
+        nonfinite = nonfinite_rows(feeds[image], image, self.on_nonfinite)
+        feeds = {**feeds, image: with_stand_ins(feeds[image], nonfinite)}
         if aug_smooth:
-            return self._augmented(feeds, targets)
-        return self._chunked(self._explain, join, feeds, targets, self.max_batch)
+            return self._augmented(feeds, targets).blank(nonfinite)
+        return self._chunked(self._explain, join, feeds, targets, self.max_batch).blank(nonfinite)
 
     def gradients(self, images: Images, targets: Targets = None) -> dict[str, LayerGradients]:
         """Per layer (keyed as given): its activations and d(target)/d(activations), as NumPy arrays.
-        Batches are split as for :meth:`__call__`."""
+        Batches are split as for :meth:`__call__`; images holding NaN or inf are refused, whatever
+        ``on_nonfinite``."""
         def gradients(feeds: dict, chunk_targets: Targets) -> dict[str, LayerGradients]:
             return self._in_graph.gradients(feeds, self._target(chunk_targets, feeds))
 
-        return self._chunked(gradients, join_gradients, self._feeds(images), targets, self.max_batch)
+        feeds = self._feeds(images)
+        nonfinite_rows(feeds[self.subject.image_input], self.subject.image_input, "raise")
+        return self._chunked(gradients, join_gradients, feeds, targets, self.max_batch)
 
     def _chunked(self, run: Callable, join_parts: Callable, feeds: dict, targets: Targets,
                  max_batch: Optional[int]):
@@ -184,7 +196,7 @@ class Explainer:
         return target_feed(targets, len(feeds[self.subject.image_input]), view.shape(output), dtype)
 
     def _feeds(self, images: Images) -> dict[str, np.ndarray]:
-        return model_feeds(self.subject.view, images)
+        return model_feeds(self.subject.view, images, self.subject.image_input, self.subject.image_layout)
 
     # --- models to save and deploy -----------------------------------------------------------------------
     def explainer_model(self, seeding: Seeding = Seeding.CLASS):

@@ -10,7 +10,6 @@ import numpy as np
 from .graph.layers import Layer
 
 
-
 @dataclass
 class Explanation:
     """What one call of an :class:`Explainer` returns.
@@ -18,6 +17,8 @@ class Explanation:
     ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (keyed by the
     name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
     the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
+    ``nonfinite``: (N,) bool, the images holding NaN or inf that ``on_nonfinite="warn"`` let through unexplained:
+    their rows of ``cams``, ``raw`` and float outputs are NaN, their ``classes`` -1.
     """
 
     cams: np.ndarray
@@ -25,6 +26,16 @@ class Explanation:
     outputs: dict[str, np.ndarray]
     classes: Optional[np.ndarray]
     layers: list[Layer] = field(default_factory=list)
+    nonfinite: Optional[np.ndarray] = None
+
+    def blank(self, nonfinite: np.ndarray) -> "Explanation":
+        """Marks the ``nonfinite`` images (N,) bool and sets their rows to NaN (-1 in signed integer arrays):
+        they were explained from stand-ins, so nothing in their rows may be read as theirs."""
+        for values in (self.cams, *self.raw.values(), *self.outputs.values(), self.classes):
+            if values is not None and values.dtype.kind in "fci":
+                values[nonfinite] = np.nan if values.dtype.kind in "fc" else -1
+        self.nonfinite = nonfinite
+        return self
 
 
 @dataclass

@@ -147,7 +147,7 @@ def _seeds(target: TargetFeed, outputs: np.ndarray, classes) -> np.ndarray:
 
 def _scores(outputs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The target's score per row: sum(seed * output) (a one-hot seed picks a class's logit)."""
-    return (outputs * seeds).reshape(len(outputs), -1).sum(axis=1)
+    return (outputs * seeds).sum(axis=tuple(range(1, outputs.ndim)))  # (0, ...) rows give (0,), not an error
 
 
 def _repeated_row(values: Mapping[str, np.ndarray], index: int, count: int) -> dict:

@@ -123,24 +123,63 @@ def target_feed(targets: Targets, batch: int, output_shape: Optional[Sequence], 
                 ) -> TargetFeed:
     """The feed for ``targets`` over ``batch`` images; ``output_shape`` and ``output_dtype`` describe the
     explained output (Mask and Detection seeds are built in its shape)."""
+    if hasattr(targets, "__array__") and not isinstance(targets, np.ndarray):  # a torch or JAX array
+        targets = np.asarray(targets)
     if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":
-        return TargetFeed(Seeding.SEED, targets)
+        return TargetFeed(Seeding.SEED, _seed(targets, batch, output_shape, output_dtype))
     listed = list(targets) if isinstance(targets, (list, tuple)) else [targets]
     if listed and all(isinstance(t, (Mask, Detection)) for t in listed):
         return TargetFeed(Seeding.SEED, _host_seeds(listed, batch, output_shape, output_dtype))
     probability = bool(listed) and all(isinstance(t, Probability) for t in listed)
     if targets is None:
         classes = np.full(batch, TOP_CLASS, dtype=np.int64)
+    elif isinstance(targets, np.ndarray):
+        classes = _class_array(targets)
     else:
-        values = [(TOP_CLASS if t.class_index is None else t.class_index) if isinstance(t, Probability) else t
-                  for t in listed]
-        classes = np.asarray(values, dtype=np.int64).reshape(-1)
+        classes = np.asarray([_class_index(t) for t in listed], dtype=np.int64).reshape(-1)
     if classes.size == 1:
         classes = np.repeat(classes, batch)
     if classes.size != batch:
         raise ValueError(f"{classes.size} targets for {batch} images: give one class per image or one class for all")
     _check_classes(classes, output_shape)
     return TargetFeed(Seeding.PROBABILITY if probability else Seeding.CLASS, classes)
+
+
+CLASS_TARGETS = ("give a class index (int; -1: the top class), one per image, None (each image's top class), "
+                 "Probability, Mask or Detection targets, or a float seed array shaped like the output")
+
+
+def _class_index(target) -> int:
+    """One class request as an int (-1: the top class); never a float rounded or a string parsed."""
+    value = target.class_index if isinstance(target, Probability) else target
+    if isinstance(target, Probability) and value is None:
+        return TOP_CLASS
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"target {value!r} ({type(value).__name__}) is not a class index: {CLASS_TARGETS}")
+    return int(value)
+
+
+def _class_array(targets: np.ndarray) -> np.ndarray:
+    """An integer array of class indices as int64 (a float array is a seed, anything else an error)."""
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"targets of dtype {targets.dtype.name} are not class indices: {CLASS_TARGETS}")
+    return targets.astype(np.int64).reshape(-1)
+
+
+def _seed(seed: np.ndarray, batch: int, output_shape: Optional[Sequence], dtype: np.dtype) -> np.ndarray:
+    """A float seed array, checked against the batch and the output's shape, in the output's float type."""
+    if output_shape is not None:
+        expected = [batch, *output_shape[1:]]
+        if len(seed.shape) != len(expected) or any(isinstance(e, int) and s != e
+                                                   for s, e in zip(seed.shape, expected)):
+            shown = ", ".join(str(d) if isinstance(d, int) else "?" for d in expected)
+            raise ValueError(f"a target seed of shape {seed.shape} for {batch} images: the seed is shaped like the "
+                             f"explained output, ({shown})")
+    if not np.isfinite(seed).all():
+        raise ValueError("the target seed holds NaN or inf: every value of the seed weights the output")
+    return seed.astype(dtype, copy=False)
 
 
 def _check_classes(classes: np.ndarray, output_shape: Optional[Sequence]) -> None:

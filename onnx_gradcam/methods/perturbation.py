@@ -58,7 +58,7 @@ def score_cam_weights(activations: np.ndarray, images: np.ndarray, channels_firs
         scores = np.concatenate([score(image[None] * per_channel[start:start + batch_size], index)
                                  for start in range(0, len(per_channel), batch_size)])
         weights.append(_softmax(scores.astype(np.float64)))
-    return np.stack(weights)
+    return np.reshape(weights, activations.shape[:2])  # (0, C) for an empty batch
 
 
 def ablation_value(lowest: float, dtype: np.dtype) -> float:
@@ -84,7 +84,7 @@ def ablation_cam_weights(activations: np.ndarray, original: np.ndarray, score: S
             scores.append(score(ablated, index))
         scores = np.concatenate(scores).astype(np.float64)
         weights.append((original[index] - scores) / original[index])
-    return np.stack(weights)
+    return np.reshape(weights, activations.shape[:2])  # (0, C) for an empty batch
 
 
 def weighted_map(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from ...graph.builder import node_attributes
 from ..context import GradContext, Step
 from ..registry import rule
 from .conv import explicit_pads, transposed_window_grad
+from .reduction import elements_per_output
 
 
 def scatter_add_flat(g: GradContext, like: str, flat_indices: str, values: str) -> str:
@@ -43,7 +44,7 @@ def _global_max_pool(g: GradContext, s: Step):
 @rule("GlobalAveragePool")
 def _global_average_pool(g: GradContext, s: Step):
     x = s.x[0]
-    count = g.op("Cast", g.op("Div", g.op("Size", x), g.op("Size", s.y[0])), to=g.view.elem_type(x))
+    count = elements_per_output(g, x, list(range(2, g.rank(x))))
     return s.first(g.op("Div", g.op("Expand", s.dy[0], g.op("Shape", x)), count))
 
 

@@ -47,6 +47,13 @@ def _spread(g: GradContext, x: str, dy: str) -> str:
     return g.op("Expand", dy, g.op("Shape", x))
 
 
+def elements_per_output(g: GradContext, x: str, axes: list[int]) -> str:
+    """How many elements of ``x`` each output of a mean over ``axes`` averages, in x's type: the product of
+    those axes' runtime sizes (not Size(x) / Size(y), an integer 0 / 0 on an empty batch)."""
+    sizes = g.op("Gather", g.op("Shape", x), g.ints(axes))
+    return g.op("Cast", g.op("ReduceProd", sizes, keepdims=0), to=g.view.elem_type(x))
+
+
 @rule("ReduceSum")
 @_reduce_grads
 def _reduce_sum(g, s, x, dy, y, axes):
@@ -56,9 +63,8 @@ def _reduce_sum(g, s, x, dy, y, axes):
 @rule("ReduceMean")
 @_reduce_grads
 def _reduce_mean(g, s, x, dy, y, axes):
-    # Elements per output value, from runtime sizes so a symbolic batch dimension is no obstacle.
-    count = g.op("Cast", g.op("Div", g.op("Size", x), g.op("Size", s.y[0])), to=g.view.elem_type(x))
-    return g.op("Div", _spread(g, x, dy), count)
+    # Elements per output value, from runtime sizes so a symbolic dimension is no obstacle.
+    return g.op("Div", _spread(g, x, dy), elements_per_output(g, x, axes))
 
 
 @rule("ReduceMax", "ReduceMin")
