@@ -127,38 +127,54 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
                          "(--size H W on the command line)")
     output_folder(out_dir)
     writer = _Writer(explainer, images, out_dir, preprocessing, alpha, colormap, overlay_size)
-    outcomes: list[Optional[Outcome]] = [None] * len(images)
-    pending: list[tuple[int, object]] = []
-    first_of: dict[str, int] = {}
-    stopped_at = None
-    for index, path in enumerate(images):
-        first = first_of.setdefault(os.path.realpath(path), index)
-        done = []
-        if first != index:
-            done.append((index, Outcome(path, "skipped", f"the same file as input {first + 1} ({images[first]!r})")))
-        else:
-            try:
-                pending.append((index, load_picture(path)))
-            except ValueError as error:
-                done.append((index, Outcome(path, "failed", str(error))))
-        unreadable = any(o.status == "failed" for _, o in done)
-        if pending and (len(pending) == batch_size or index == len(images) - 1 or (unreadable and not keep_going)):
-            done += _explain_pending(writer, pending, targets, aug_smooth)
-            pending = []
-        for spot, outcome in done:
-            outcomes[spot] = outcome
-        if progress:
-            _progress(index + 1, len(images))
-        stopped_at = next((o.image for _, o in sorted(done, key=lambda d: d[0]) if o.status == "failed"), None)
-        if stopped_at and not keep_going:
-            if progress:
-                sys.stderr.write("\n")
-            break
-    outcomes = [o or Outcome(images[i], "skipped", f"not explained: stopped after {stopped_at!r} failed "
-                                                   "(--keep-going explains the rest)")
-                for i, o in enumerate(outcomes)]
+    outcomes = _outcomes(writer, batch_size, keep_going, progress, targets, aug_smooth)
     writer.summary(outcomes)
     return outcomes
+
+
+def _outcomes(writer: "_Writer", batch_size: int, keep_going: bool, progress: bool, targets,
+              aug_smooth: bool) -> list[Outcome]:
+    """Read and explain the inputs batch by batch; an outcome per input, in input order. Without
+    ``keep_going`` the first failure ends the run: what is pending is explained, the rest skipped."""
+    images = writer.images
+    outcomes: dict[int, Outcome] = {}
+    pending: list[tuple[int, object]] = []
+    for index, read in enumerate(_read(images)):
+        new = {index: read} if isinstance(read, Outcome) else {}
+        if not new:
+            pending.append((index, read))
+        stop = not keep_going and _first_failure(new) is not None
+        if pending and (len(pending) == batch_size or index == len(images) - 1 or stop):
+            new.update(_explain_pending(writer, pending, targets, aug_smooth))
+            pending = []
+        outcomes.update(new)
+        failure = _first_failure(new) if not keep_going else None
+        if progress:
+            _progress(index + 1, len(images), stopped=failure is not None)
+        if failure is not None:
+            reason = f"not explained: stopped after {failure!r} failed (--keep-going explains the rest)"
+            return [outcomes.get(i) or Outcome(path, "skipped", reason) for i, path in enumerate(images)]
+    return [outcomes[i] for i in range(len(images))]
+
+
+def _read(images: Sequence[str]):
+    """Each input's picture, or its :class:`Outcome` where there is nothing to explain: a file given again
+    (links resolved), or one that cannot be read."""
+    first_of: dict[str, int] = {}
+    for index, path in enumerate(images):
+        first = first_of.setdefault(os.path.realpath(path), index)
+        if first != index:
+            yield Outcome(path, "skipped", f"the same file as input {first + 1} ({images[first]!r})")
+            continue
+        try:
+            yield load_picture(path)
+        except ValueError as error:
+            yield Outcome(path, "failed", str(error))
+
+
+def _first_failure(outcomes: dict[int, Outcome]) -> Optional[str]:
+    """The image of the first failed outcome (by input index), if any failed."""
+    return next((outcomes[i].image for i in sorted(outcomes) if outcomes[i].status == "failed"), None)
 
 
 def _explain_pending(writer: "_Writer", pending: list, targets, aug_smooth: bool) -> list[tuple[int, Outcome]]:
@@ -232,10 +248,10 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def _progress(done: int, total: int) -> None:
+def _progress(done: int, total: int, stopped: bool = False) -> None:
     width = 30
     filled = width * done // max(total, 1)
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images")
-    if done >= total:
+    if done >= total or stopped:
         sys.stderr.write("\n")
     sys.stderr.flush()

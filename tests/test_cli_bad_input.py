@@ -285,3 +285,47 @@ def test_an_interrupted_write_leaves_no_file_under_the_name(tmp_path):
             open(staged, "wb").write(b"half")
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_sixty_mixed_images_give_one_row_each_and_lose_no_output(work, tmp_path):
+    """Two folders of 30 with the same names (dup stems across extensions too), a CMYK JPEG, a 16-bit PNG, a
+    NaN-valued float TIFF, a 0-byte file and a 1x1 image among them."""
+    rng = np.random.default_rng(7)
+    sizes = {}
+    for folder in ("left", "right"):
+        (tmp_path / folder).mkdir()
+        for i in range(25):
+            name = f"img{i % 10:02d}.{('png', 'jpg', 'bmp')[i // 10]}"
+            size = (int(rng.integers(8, 90)), int(rng.integers(8, 90)))
+            picture(tmp_path / folder / name, *size, seed=int(rng.integers(1 << 30)))
+            sizes[f"{folder}/{name}"] = size[::-1]
+    rgb = (rng.random((20, 30, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "left" / "cmyk.jpg")
+    Image.fromarray((rng.random((24, 18)) * 65535).astype(np.uint16)).save(tmp_path / "left" / "deep.png")
+    floats = rng.random((12, 14)).astype(np.float32)
+    floats[3, 4] = np.nan
+    Image.fromarray(floats).save(tmp_path / "left" / "nan.tif")
+    (tmp_path / "left" / "zero.png").write_bytes(b"")
+    picture(tmp_path / "left" / "one.png", 1, 1, seed=3)
+    sizes.update({"left/cmyk.jpg": (30, 20), "left/deep.png": (18, 24), "left/nan.tif": (14, 12),
+                  "left/one.png": (1, 1)})
+    for i in range(5):
+        picture(tmp_path / "right" / f"extra{i}.png", 10 + i, 12, seed=i)
+        sizes[f"right/extra{i}.png"] = (12, 10 + i)
+    out = tmp_path / "out"
+    status, stdout, _ = cli("explain", work / "m.onnx", tmp_path / "left", tmp_path / "right", "--out", out,
+                            "--batch-size", "7", cwd=work)
+    rows = json.loads((out / "summary.json").read_text())["images"]
+    names = [os.path.relpath(row["image"], tmp_path) for row in rows]
+    assert status == 0 and len(rows) == 60
+    assert names == sorted(n for n in names if n.startswith("left/")) + sorted(n for n in names
+                                                                                if n.startswith("right/"))
+    by_name = dict(zip(names, rows))
+    assert by_name["left/zero.png"]["status"] == "failed" and "cannot read image" in by_name["left/zero.png"]["reason"]
+    explained = {n: row for n, row in by_name.items() if row["status"] == "explained"}
+    assert set(by_name) - set(explained) <= {"left/zero.png", "left/nan.tif"}  # NaN: explained or refused
+    overlays = {row["overlay"] for row in explained.values()}
+    assert len(overlays) == len(explained) and all(os.path.exists(p) for p in overlays)  # none shared or lost
+    for name, row in explained.items():
+        assert row["overlay"] == str(out / f"{name}_cam.png")
+        assert Image.open(row["overlay"]).size == sizes[name], name

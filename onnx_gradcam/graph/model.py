@@ -57,7 +57,8 @@ def _parsed(load, what: str) -> ModelProto:
         raise ValueError(f"{what} is not a readable ONNX model (truncated or another kind of file?): "
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if not model.opset_import or not model.graph.output:
-        raise ValueError(f"{what} is not an ONNX model: it has no {'opset' if not model.opset_import else 'graph output'}")
+        missing = "opset import" if not model.opset_import else "graph output"
+        raise ValueError(f"{what} is not an ONNX model: it has no {missing}")
     return model
 
 
