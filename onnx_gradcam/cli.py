@@ -276,11 +276,14 @@ def _export(args) -> int:
 
 def _convert(args) -> int:
     refuse_inputs(file_to_write(args.onnx), [args.source], "-o file")
+    if args.explain_images:  # the images and --out are checked before the conversion, which takes a while
+        args.out = args.out or os.path.splitext(args.onnx)[0] + "_explained"
+        find_images(args.explain_images)
+        _check_out_folder(args.out, args.explain_images, args.into_input_folder)
     with atomic(args.onnx) as staged:
         _convert_to(args, staged)
     print(f"wrote {args.onnx}")
     if args.explain_images:
-        args.out = args.out or os.path.splitext(args.onnx)[0] + "_explained"
         args.explain_layers = args.explain_layers or args.layers[-1:] or None
         return _explain_with(args.onnx, args.explain_images, args)
     return 0
