@@ -38,13 +38,13 @@ def main(argv=None) -> dict:
     explainer = Explainer(args.model, method=args.method)
     images = find_images(args.images)
     outcomes = explain_files(explainer, images, args.out, progress=False)
-    print(f"explained {sum(o.error is None for o in outcomes)} images at {explainer.layers[0]}; overlays, "
+    print(f"explained {sum(o.status == 'explained' for o in outcomes)} images at {explainer.layers[0]}; overlays, "
           f"maps and summary in {args.out}/")
 
     # The production route: one ONNX model, original outputs plus 'cam', run by ONNX Runtime alone.
     exported = os.path.join(args.out, "explainer.onnx")
     export_explainer(args.model, exported, method=args.method)
-    explained = [o for o in outcomes if o.error is None]
+    explained = [o for o in outcomes if o.status == "explained"]
     preprocessing = preprocessing_for(explainer)
     batch = np.stack([preprocessing(load_picture(o.image)) for o in explained])
     session = ort.InferenceSession(exported, providers=["CPUExecutionProvider"])

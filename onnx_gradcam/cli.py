@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from typing import Optional, Sequence
 
-from . import layers_and_default
+from . import __version__, layers_and_default
 from .autodiff import UnsupportedOperatorError
 from .explainer import EXPORT_TARGETS, Explainer
 from .export import default_name, explainer_to_export, write_triton_entry
-from .files import explain_files, find_images, preprocessing_for
+from .files import OVERLAY_SIZES, explain_files, find_images, input_folders, preprocessing_for
+from .graph.layers import UnknownLayerError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
+from .writing import atomic, file_to_write, refuse_inputs, same_file
+
+SOME_IMAGES_FAILED, USAGE_ERROR = 1, 2
+"""Exit statuses besides 0: an image failed (without --keep-going), or the command could not run."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -26,15 +32,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, UnsupportedOperatorError) as error:
-        print(f"onnx-gradcam {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except UnknownLayerError as error:
+        model = getattr(args, "model", None) or args.onnx
+        return _fail(args, error.pointing_at(f"`onnx-gradcam layers {model}` lists the candidates."))
+    except (ValueError, TypeError, OSError, ImportError, UnsupportedOperatorError) as error:
+        return _fail(args, error)
+
+
+def _fail(args, error: Exception) -> int:
+    """A user's mistake: one line on stderr, no traceback."""
+    print(f"onnx-gradcam {args.command}: error: {error}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnx-gradcam", description="Grad-CAM and its family for ONNX models, on ONNX Runtime.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"onnx-gradcam {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     layers = commands.add_parser("layers", help="list the candidate target layers of an ONNX model")
@@ -56,10 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--triton", metavar="DIR", help="write a Triton model repository entry DIR/NAME/1/model.onnx "
                                                         "with its config.pbtxt")
     export.add_argument("--name", help="Triton model name (default: the model file's name and the method)")
-    export.add_argument("--max-batch-size", type=int, default=8, metavar="N", help="Triton max_batch_size (default 8; 0 for a "
-                                                                       "model with a fixed batch size)")
-    export.add_argument("--layer", action="append", dest="layers", metavar="LAYER",
-                        help="layer to explain at (default auto: the last conv block); repeat to average layers")
+    export.add_argument("--max-batch-size", type=_count, default=8, metavar="N",
+                        help="Triton max_batch_size (default 8; 0 for a model with a fixed batch size)")
+    _layer_option(export, "--layer")
     export.add_argument("--method", default="gradcam", choices=GRADIENT_METHODS, metavar="METHOD",
                         help=f"gradient CAM method: {', '.join(GRADIENT_METHODS)} (default gradcam)")
     export.add_argument("--targets", default="top", choices=EXPORT_TARGETS,
@@ -76,8 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--onnx", required=True, help="where to write the ONNX model")
     convert.add_argument("--layer", action="append", default=[], dest="layers",
                          help="a layer to keep as an output (PyTorch module path, Keras layer path); repeatable")
-    convert.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+    convert.add_argument("--input-size", type=_positive_int, nargs=2, default=(224, 224), metavar=("H", "W"),
                          help="example input size for PyTorch export (default 224 224)")
+    convert.add_argument("--channels", type=_positive_int, metavar="C",
+                         help="image channels of the PyTorch example input (default: the first Conv2d's "
+                              "in_channels, else 3)")
     convert.add_argument("--weights", help="torchvision weights name (e.g. DEFAULT); random weights if omitted")
     convert.add_argument("--explain", nargs="+", metavar="IMAGE", dest="explain_images",
                          help="also explain these images (files or folders) with the converted model")
@@ -93,38 +110,102 @@ EXAMPLES = """examples:
   onnx-gradcam export model.onnx --triton model_repository
   onnx-gradcam convert resnet50 -o resnet50.onnx --layer layer4 --explain photos/
 
-`python -m onnx_gradcam` runs the same commands. `onnx-gradcam COMMAND --help` lists a command's options."""
+`python -m onnx_gradcam` runs the same commands. `onnx-gradcam COMMAND --help` lists a command's options.
+No command writes over one of its inputs. Exit status: 0 done, 1 an image failed (without --keep-going),
+2 the command could not run (the reason is one line on stderr)."""
+
+
+def _layer_option(parser: argparse.ArgumentParser, flag: str, default: str = "auto: the last conv block") -> None:
+    """One meaning for a repeated layer flag in every command: the layers' maps averaged (as pytorch-grad-cam
+    averages its target_layers)."""
+    parser.add_argument(flag, action="append", dest="explain_layers", metavar="LAYER",
+                        help="layer to explain at: a framework name or tensor name, see `onnx-gradcam layers "
+                             f"MODEL` (default {default}); repeat to average the layers' maps")
 
 
 def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_required: bool) -> None:
     parser.add_argument("--out", required=out_required,
                         help="output folder for overlays, maps, summary.json and summary.csv" +
-                             ("" if out_required else " (default: beside the ONNX model)"))
-    parser.add_argument(layer_flag, dest="explain_layer", default="auto", metavar="LAYER",
-                        help="layer to explain at: a framework name or tensor name, see `onnx-gradcam layers` "
-                             "(default auto: the last conv block; for convert, the last --layer)")
+                             ("" if out_required else " (default: beside the ONNX model)") +
+                             "; outputs are named after the image's path below the folder common to all inputs, "
+                             "extension kept (photos/dup.jpg -> dup.jpg_cam.png, dup.jpg_cam.npy)")
+    parser.add_argument("--into-input-folder", action="store_true",
+                        help="allow --out to be a folder the input images are in (refused by default: the "
+                             "overlays would mix with the images)")
+    _layer_option(parser, layer_flag, "auto: the last conv block" + ("" if out_required else "; here the last --layer"))
     parser.add_argument("--method", default="gradcam", choices=METHODS, metavar="METHOD",
                         help=f"CAM method: {', '.join(METHODS)} (default gradcam)")
     parser.add_argument("--eigen-smooth", action="store_true", help="first principal component instead of the sum")
     parser.add_argument("--aug-smooth", action="store_true", help="average over flips and brightness changes")
     parser.add_argument("--target", type=int, metavar="CLASS",
                         help="class to explain for every image (default: each image's top class)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                        help="resize images to H W (default: from the model's metadata or its input shape)")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="resize images to H W (default: from the model's metadata or its input shape; a "
+                             "fixed-size model takes its own size only)")
+    parser.add_argument("--mean", type=_finite, nargs=3, metavar=("R", "G", "B"),
                         help="per-channel mean subtracted after scaling pixels to [0, 1] (default: metadata, else 0)")
-    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+    parser.add_argument("--std", type=_nonzero_float, nargs=3, metavar=("R", "G", "B"),
                         help="per-channel std divided by after the mean (default: metadata, else 1)")
     parser.add_argument("--channel-order", choices=["RGB", "BGR"],
                         help="channel order the model expects (default: metadata, else RGB)")
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout (default: from the "
                                                                    "model's metadata or its input shape)")
     parser.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
-    parser.add_argument("--alpha", type=float, default=0.5, help="map opacity in overlays (default 0.5)")
+    parser.add_argument("--alpha", type=_fraction, default=0.5, help="map opacity in overlays, 0 to 1 (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo", "viridis"],
                         help="overlay colormap (default jet)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--overlay-size", choices=OVERLAY_SIZES, default="original",
+                        help="overlays at the original image's size and aspect (the map resized back), or at the "
+                             "model's input size (default original)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per ONNX Runtime run (default 16)")
+    parser.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
+                        help="explain the other images when one fails and exit 0 (the failures are rows of the "
+                             "summary); without it a failure stops the run with exit status 1. Default: on when "
+                             "an input is a folder, off for files only")
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (1 or more)")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def _nonzero_float(text: str) -> float:
+    value = _finite(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 cannot divide the pixels: give a non-zero std")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = _number(text, float)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _number(text: str, kind: type):
+    """``kind(text)``, or argparse's one-line usage error."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
 
 
 def _layers(args) -> int:
@@ -148,24 +229,41 @@ def _explain(args) -> int:
 
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
-    explainer = Explainer(model_path, layer=args.explain_layer, method=args.method, output=args.output,
+    explainer = Explainer(model_path, layer=args.explain_layers or "auto", method=args.method, output=args.output,
                           eigen_smooth=args.eigen_smooth, layout=args.layout)
+    images = find_images(image_args)
+    _check_out_folder(args.out, image_args, args.into_input_folder)
+    keep_going = args.keep_going if args.keep_going is not None else any(os.path.isdir(p) for p in image_args)
     overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
-    outcomes = explain_files(explainer, find_images(image_args), args.out, args.target,
-                             preprocessing_for(explainer, overrides), args.batch_size, args.alpha, args.colormap,
-                             aug_smooth=args.aug_smooth)
-    failed = [o for o in outcomes if o.error]
-    for outcome in failed:
-        print(f"skipped {outcome.image}: {outcome.error}", file=sys.stderr)
-    print(f"explained {len(outcomes) - len(failed)} of {len(outcomes)} images at "
+    outcomes = explain_files(explainer, images, args.out, args.target, preprocessing_for(explainer, overrides),
+                             args.batch_size, args.alpha, args.colormap, aug_smooth=args.aug_smooth,
+                             keep_going=keep_going, overlay_size=args.overlay_size)
+    for outcome in outcomes:
+        if outcome.status != "explained":
+            print(f"{outcome.status} {outcome.image}: {outcome.reason}", file=sys.stderr)
+    failed = sum(o.status == "failed" for o in outcomes)
+    explained = sum(o.status == "explained" for o in outcomes)
+    print(f"explained {explained} of {len(outcomes)} images ({failed} failed) at "
           f"{', '.join(explainer.subject.keys)}; wrote {args.out}")
-    return 0
+    return SOME_IMAGES_FAILED if failed and not keep_going else 0
+
+
+def _check_out_folder(out: str, image_args: Sequence[str], allowed: bool) -> None:
+    """Refuse an output folder that is an input image, or (unless ``allowed``) a folder input images are in."""
+    refuse_inputs(out, [path for path in image_args if not os.path.isdir(path)], "output folder")
+    for folder in input_folders(image_args):
+        if same_file(out, folder) and not allowed:
+            raise ValueError(f"--out {out!r} is a folder the input images are in: overlays and maps would mix "
+                             "with them; name another folder, or pass --into-input-folder")
 
 
 def _export(args) -> int:
     if not (args.onnx or args.triton):
         raise ValueError("say where to write the explainer: -o FILE.onnx, --triton DIR, or both")
-    explainer = explainer_to_export(args.model, layer=args.layers or "auto", method=args.method, output=args.output)
+    if args.onnx:
+        refuse_inputs(file_to_write(args.onnx), [args.model], "-o file")  # before the explainer is built
+    explainer = explainer_to_export(args.model, layer=args.explain_layers or "auto", method=args.method,
+                                    output=args.output)
     if args.onnx:
         explainer.export(args.onnx, args.targets)
         print(f"wrote {args.onnx}")
@@ -177,26 +275,36 @@ def _export(args) -> int:
 
 
 def _convert(args) -> int:
+    refuse_inputs(file_to_write(args.onnx), [args.source], "-o file")
+    if args.explain_images:  # the images and --out are checked before the conversion, which takes a while
+        args.out = args.out or os.path.splitext(args.onnx)[0] + "_explained"
+        find_images(args.explain_images)
+        _check_out_folder(args.out, args.explain_images, args.into_input_folder)
+    with atomic(args.onnx) as staged:
+        _convert_to(args, staged)
+    print(f"wrote {args.onnx}")
+    if args.explain_images:
+        args.explain_layers = args.explain_layers or args.layers[-1:] or None
+        return _explain_with(args.onnx, args.explain_images, args)
+    return 0
+
+
+def _convert_to(args, path: str) -> None:
+    """Convert ``args.source`` (a saved Keras file, or a PyTorch model by name) into the ONNX file ``path``."""
     if args.source.endswith((".keras", ".h5")):
         from converters import keras as keras_converter
         import keras
 
-        keras_converter.export(keras.saving.load_model(args.source), args.onnx, layers=args.layers)
-    else:
-        import torch
+        keras_converter.export(keras.saving.load_model(args.source), path, layers=args.layers)
+        return
+    import torch
 
-        from converters import pytorch as torch_converter
+    from converters import pytorch as torch_converter
 
-        model, preprocessing = _torch_model(args.source, args.weights, args.input_size)
-        example = torch.zeros(2, 3, *args.input_size)
-        torch_converter.export(model, example, args.onnx, layers=args.layers, preprocessing=preprocessing)
-    print(f"wrote {args.onnx}")
-    if args.explain_images:
-        args.out = args.out or os.path.splitext(args.onnx)[0] + "_explained"
-        if args.explain_layer == "auto" and args.layers:
-            args.explain_layer = args.layers[-1]
-        return _explain_with(args.onnx, args.explain_images, args)
-    return 0
+    model, preprocessing = _torch_model(args.source, args.weights, args.input_size)
+    channels = args.channels or next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+    example = torch.zeros(2, channels, *args.input_size)
+    torch_converter.export(model, example, path, layers=args.layers, preprocessing=preprocessing)
 
 
 def _torch_model(source: str, weights: Optional[str], size: Sequence[int]):
@@ -206,11 +314,7 @@ def _torch_model(source: str, weights: Optional[str], size: Sequence[int]):
         timm = importlib.import_module("timm")
         return timm.create_model(source[len("timm:"):], pretrained=weights is not None), imagenet
     if ":" in source:
-        module_name, _, function_name = source.partition(":")
-        factory = getattr(importlib.import_module(module_name), function_name, None)
-        if factory is None:
-            raise ValueError(f"module {module_name!r} has no {function_name!r}")
-        return factory(), {"size": list(size)}
+        return _factory(source)(), {"size": list(size)}
     import torchvision
 
     known = torchvision.models.list_models()
@@ -220,7 +324,34 @@ def _torch_model(source: str, weights: Optional[str], size: Sequence[int]):
         close = difflib.get_close_matches(source, known, n=5)
         raise ValueError(f"unknown torchvision model {source!r}" + (f"; did you mean {', '.join(close)}?" if close
                                                                      else ""))
-    return torchvision.models.get_model(source, weights=weights), imagenet
+    return _torchvision_model(torchvision, source, weights), imagenet
+
+
+def _factory(source: str):
+    """The function ``package.module:function`` names, or one line saying which part is missing."""
+    module_name, _, function_name = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"cannot import {module_name!r} for the factory {source!r}: {error} (is its folder on "
+                         "PYTHONPATH?)") from None
+    factory = getattr(module, function_name, None)
+    if factory is None:
+        raise ValueError(f"module {module_name!r} has no {function_name!r}")
+    return factory
+
+
+def _torchvision_model(torchvision, name: str, weights: Optional[str]):
+    """torchvision's ``name`` with ``weights``; unknown weights and a failed download are one line each."""
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except KeyError:
+        known = [w.name for w in torchvision.models.get_model_weights(name)]
+        raise ValueError(f"unknown weights {weights!r} for {name}; known: DEFAULT, {', '.join(known)}") from None
+    except OSError as error:  # urllib's URLError: no network, proxy refused, ...
+        raise ValueError(f"cannot download the {weights} weights of {name}: {getattr(error, 'reason', error)}; "
+                         "without a network, put the weights file in torch's cache ($TORCH_HOME/hub/checkpoints) "
+                         "or leave out --weights for random weights") from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from .explainer import Explainer
 from .graph.layers import TokenGrid
 from .graph.model import ModelLike
 from .triton import model_config, model_name
+from .writing import atomic
 
 Layers = Union[str, Sequence[str]]
 
@@ -47,7 +48,7 @@ def write_triton_entry(explainer: Explainer, directory: str, name: str, targets:
     folder = os.path.join(directory, name)
     os.makedirs(os.path.join(folder, "1"), exist_ok=True)
     explainer.write(model, os.path.join(folder, "1", "model.onnx"))
-    with open(os.path.join(folder, "config.pbtxt"), "w") as handle:
+    with atomic(os.path.join(folder, "config.pbtxt")) as staged, open(staged, "w") as handle:
         handle.write(config)
     return folder
 

@@ -32,11 +32,13 @@ def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
     """Blend the coloured ``cam`` over ``image`` ((H, W, 3) uint8, or floats in [0, 1]); ``alpha`` is the
-    map's opacity. The map is resized to the image if their sizes differ."""
+    map's opacity. The map is resized (bilinear, as values, before colouring) to the image if their sizes
+    differ, so an overlay can be at the image's own size and aspect."""
     picture = _rgb(image)
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != picture.shape[:2]:
+        cam = np.asarray(Image.fromarray(cam).resize(picture.shape[1::-1], Image.BILINEAR))
     colors = colorize(cam, colormap)
-    if colors.shape[:2] != picture.shape[:2]:
-        colors = np.asarray(Image.fromarray(colors).resize(picture.shape[1::-1], Image.BILINEAR))
     blended = (1 - alpha) * picture.astype(np.float64) + alpha * colors.astype(np.float64)
     return Image.fromarray(np.round(blended).astype(np.uint8))
 

@@ -9,6 +9,7 @@ Sessions are kept under typed keys: what the session computes, and which part.
 from __future__ import annotations
 
 import enum
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Mapping, Optional, Sequence
@@ -19,6 +20,7 @@ import onnx
 from .graph import weights
 from .graph.model import ModelLike, load_model
 from .runtime import make_session
+from .writing import atomic, refuse_inputs
 
 
 class Kind(enum.Enum):
@@ -78,11 +80,15 @@ class SessionCache:
 
     def write(self, model: onnx.ModelProto, path: str) -> None:
         """Save a model built over the placeholders with the weights put back (external data only past
-        protobuf's 2 GiB limit)."""
+        protobuf's 2 GiB limit). Never over the model it came from; atomically, so an interrupted write leaves
+        no half-written model under ``path``."""
+        if isinstance(self._source, (str, os.PathLike)):
+            refuse_inputs(os.fspath(path), [os.fspath(self._source)], "model to write")
         complete = onnx.ModelProto()
         complete.CopyFrom(model)
         weights.attach(complete, self._take_weights())
-        onnx.save(complete, path, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
+        with atomic(os.fspath(path)) as staged:
+            onnx.save(complete, staged, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
 
     def _make(self, model: onnx.ModelProto):
         # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;

@@ -40,12 +40,12 @@ def test_convert_factory_keeps_the_layer_and_explains_the_folder(converted, imag
     summary = json.loads((explained / "summary.json").read_text())
     assert summary["layers"] == ["0.9"]  # the last --layer is the explained one
     rows = {row["image"].split("/")[-1]: row for row in summary["images"]}
-    assert "error" in rows["broken.png"]  # reported and skipped, the rest explained
+    assert rows["broken.png"]["status"] == "failed" and "cannot read" in rows["broken.png"]["reason"]
     for i in range(3):
         row = rows[f"{i}.png"]
         cam = np.load(row["map"])
         assert cam.shape == (64, 64) and 0.0 <= cam.min() and cam.max() <= 1.0
-        assert Image.open(row["overlay"]).size == (64, 64)
+        assert Image.open(row["overlay"]).size == (50, 40 + 10 * i)  # the original's size
         assert row["predicted_class"] == row["explained_class"]
 
 
@@ -55,7 +55,7 @@ def test_explain_maps_equal_the_api(converted, images, tmp_path):
     picture = Image.open(images / "0.png").convert("RGB").resize((64, 64), Image.BILINEAR)
     row = (np.asarray(picture, np.float32) / 255.0).transpose(2, 0, 1)[None]
     expected = Explainer(str(onnx_path))(row, 1).cams[0]
-    np.testing.assert_allclose(np.load(tmp_path / "0_cam.npy"), expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "0.png_cam.npy"), expected, atol=1e-6)
 
 
 def test_layers_prints_a_table_with_framework_names(converted, capsys):
@@ -96,7 +96,7 @@ def test_convert_a_saved_keras_file_and_explain(tmp_path, images):
                  "--out", str(tmp_path / "explained")]) == 0
     summary = json.loads((tmp_path / "explained" / "summary.json").read_text())
     assert summary["layers"] == ["features"]
-    explained = [row for row in summary["images"] if "error" not in row]
+    explained = [row for row in summary["images"] if row["status"] == "explained"]
     assert len(explained) == 3 and all(np.load(row["map"]).shape == (32, 32) for row in explained)
 
 
@@ -105,7 +105,7 @@ def test_explain_with_another_method_and_smoothing(converted, images, tmp_path):
     assert main(["explain", str(onnx_path), str(images / "1.png"), "--out", str(tmp_path), "--method", "layercam",
                  "--aug-smooth", "--eigen-smooth"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    cam = np.load(tmp_path / "1_cam.npy")
+    cam = np.load(tmp_path / "1.png_cam.npy")
     # aug_smooth averages six normalised maps (as pytorch-grad-cam does): the peak lies between 1/6 and 1
     assert summary["method"] == "layercam" and 0.0 <= cam.min() and 1 / 6 - 1e-6 <= cam.max() <= 1.0
 
@@ -122,8 +122,10 @@ def test_explain_a_folder_of_fifty_images_with_one_corrupt(converted, tmp_path, 
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(0)
+    sizes = {}
     for i in range(50):
         size = (int(rng.integers(40, 120)), int(rng.integers(40, 120)))
+        sizes[f"photo_{i:02d}.{'png' if i % 2 else 'jpg'}"] = size[::-1]
         pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"photo_{i:02d}.{'png' if i % 2 else 'jpg'}")
     intact = (folder / "photo_01.png").read_bytes()
@@ -131,22 +133,22 @@ def test_explain_a_folder_of_fifty_images_with_one_corrupt(converted, tmp_path, 
     out = tmp_path / "explained"
     assert main(["explain", str(onnx_path), str(folder), "--out", str(out), "--batch-size", "8"]) == 0
     captured = capsys.readouterr()
-    assert "51/51 images" in captured.err and "skipped" in captured.err and "photo_50.png" in captured.err
-    assert "explained 50 of 51 images" in captured.out
+    assert "51/51 images" in captured.err and "failed" in captured.err and "photo_50.png" in captured.err
+    assert "explained 50 of 51 images (1 failed)" in captured.out
 
     overlays, maps = sorted(out.glob("*_cam.png")), sorted(out.glob("*_cam.npy"))
     assert len(overlays) == 50 and len(maps) == 50
-    assert {p.name for p in overlays} == {f"photo_{i:02d}_cam.png" for i in range(50)}
-    assert all(Image.open(p).size == (64, 64) for p in overlays)
+    assert {p.name for p in overlays} == {f"{name}_cam.png" for name in sizes}
+    assert all(Image.open(out / f"{name}_cam.png").size == size for name, size in sizes.items())
     assert all(np.load(p).shape == (64, 64) for p in maps)
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".csv")) == ["summary.csv", "summary.json"]
     rows = json.loads((out / "summary.json").read_text())["images"]
-    assert len(rows) == 51 and [r["image"].split("/")[-1] for r in rows if "error" in r] == ["photo_50.png"]
+    assert len(rows) == 51 and [r["image"].split("/")[-1] for r in rows if r["status"] == "failed"] == ["photo_50.png"]
     with open(out / "summary.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     layer = Explainer(str(onnx_path)).subject.keys[0]
     assert len(table) == 51 and {(row["layer"], row["method"]) for row in table} == {(layer, "gradcam")}
-    explained = [row for row in table if not row["error"]]
+    explained = [row for row in table if row["status"] == "explained"]
     assert len(explained) == 50
     assert all(row["predicted_class"] == row["explained_class"] and row["predicted_class"] in {"0", "1", "2"}
-               and np.isfinite(float(row["score"])) for row in explained)
+               and np.isfinite(float(row["predicted_logit"])) for row in explained)

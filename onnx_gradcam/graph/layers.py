@@ -156,9 +156,42 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
         wanted = "(N, tokens, C)" if tokens else "rank-4 activation (N, C, H, W) or (N, H, W, C)"
         raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a {wanted}"
                          + ("" if tokens else "; for transformer tokens give a TokenGrid"))
+    fused = _fused_into(view, spec, names)
+    if fused is not None:
+        tensor, kept = fused
+        raise UnknownLayerError(f"layer {spec!r} was fused away by the exporter: its op was merged with {kept!r} "
+                                f"after it (a BatchNorm folded into its Conv), so only their joint output is in "
+                                f"the graph; use {kept!r} (tensor {tensor!r}).")
     known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
                    | set(metadata.layers) | set(by_name))
     close = difflib.get_close_matches(spec, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"no layer named {spec!r} on the path to output {output!r}.{hint} "
-                     "onnx_gradcam.list_layers(model) lists the candidates.")
+    raise UnknownLayerError(f"no layer named {spec!r} on the path to output {output!r}.{hint}")
+
+
+class UnknownLayerError(ValueError):
+    """A layer name the model does not have; ``str()`` ends by saying where the candidates are listed, which
+    :meth:`pointing_at` changes (the command line points at ``onnx-gradcam layers MODEL``)."""
+
+    API_LISTING = "onnx_gradcam.list_layers(model) lists the candidates."
+
+    def __init__(self, problem: str, listing: str = API_LISTING):
+        super().__init__(f"{problem} {listing}")
+        self.problem = problem
+
+    def pointing_at(self, listing: str) -> "UnknownLayerError":
+        return UnknownLayerError(self.problem, listing)
+
+
+def _fused_into(view: GraphView, module: str, names: dict[str, list[str]]) -> Optional[tuple[str, str]]:
+    """(tensor, framework name) of the node whose weight is ``module``'s (``<module>.weight``, under any
+    wrapper's prefix) when that node's output carries the name of a sibling module instead: an exporter
+    folded ``module`` into the module after it (a Conv into its BatchNorm)."""
+    suffix, parent = f"{module}.weight", module.rpartition(".")[0]
+    for node in view.nodes:
+        if not node.output or not any(name == suffix or name.endswith("." + suffix) for name in node.input[1:]):
+            continue
+        siblings = [alias for alias in names.get(node.output[0], []) if alias.rpartition(".")[0] == parent]
+        if siblings and module not in siblings:
+            return node.output[0], siblings[-1]
+    return None

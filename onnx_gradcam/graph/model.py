@@ -10,6 +10,7 @@ import os
 from typing import Union
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import ModelProto, helper, shape_inference, version_converter
 
 from .weights import LOCATION as IN_MEMORY
@@ -34,14 +35,31 @@ def load_model(model: ModelLike) -> ModelProto:
         copy.CopyFrom(model)
         return copy
     if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
+        return _parsed(lambda: onnx.load_from_string(bytes(model)), "the model bytes")
     if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            raise FileNotFoundError(f"no ONNX model at {os.fspath(model)!r}")
-        return onnx.load(os.fspath(model), load_external_data=True)
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no ONNX model at {path!r}")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"the model file {path!r} is empty (0 bytes): not an ONNX model")
+        return _parsed(lambda: onnx.load(path, load_external_data=True), f"the model file {path!r}")
     raise TypeError(
         f"expected a path, bytes or onnx.ModelProto for the model, got {type(model).__name__}"
     )
+
+
+def _parsed(load, what: str) -> ModelProto:
+    """``load()``'s model, or one line naming ``what`` when it is no ONNX model (truncated, text, a picture):
+    protobuf's own error is many lines and names no file."""
+    try:
+        model = load()
+    except (DecodeError, RuntimeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} is not a readable ONNX model (truncated or another kind of file?): "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    if not model.opset_import or not model.graph.output:
+        missing = "opset import" if not model.opset_import else "graph output"
+        raise ValueError(f"{what} is not an ONNX model: it has no {missing}")
+    return model
 
 
 def _check_weights_loaded(model: ModelProto) -> None:
