@@ -142,10 +142,12 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
     parser.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="resize images to H W (default: from the model's metadata or its input shape; a "
                              "fixed-size model takes its own size only)")
-    parser.add_argument("--mean", type=_finite, nargs=3, metavar=("R", "G", "B"),
-                        help="per-channel mean subtracted after scaling pixels to [0, 1] (default: metadata, else 0)")
-    parser.add_argument("--std", type=_nonzero_float, nargs=3, metavar=("R", "G", "B"),
-                        help="per-channel std divided by after the mean (default: metadata, else 1)")
+    parser.add_argument("--mean", type=_finite, nargs="+", metavar="M",
+                        help="mean subtracted after scaling pixels to [0, 1]: one per channel, or one for all "
+                             "(default: metadata, else 0)")
+    parser.add_argument("--std", type=_nonzero_float, nargs="+", metavar="S",
+                        help="std divided by after the mean: one per channel, or one for all (default: metadata, "
+                             "else 1)")
     parser.add_argument("--channel-order", choices=["RGB", "BGR"],
                         help="channel order the model expects (default: metadata, else RGB)")
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout (default: from the "

@@ -92,8 +92,8 @@ def score_kind(explainer: Explainer) -> str:
 
 
 def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) -> Preprocessing:
-    """The model's own preprocessing (metadata, input shape), with the user's ``overrides`` on top; a size a
-    fixed-size model cannot take is refused here, before any image is read."""
+    """The model's own preprocessing (metadata, input shape and channel count), with the user's ``overrides``
+    on top; a size a fixed-size model cannot take is refused here, before any image is read."""
     shape = explainer.subject.view.shape(explainer.subject.image_input) or []
     spatial = image_hw(shape, explainer.subject.image_layout)
     size = tuple(spatial) if len(spatial) == 2 and all(isinstance(d, int) for d in spatial) else None
@@ -103,7 +103,7 @@ def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) ->
                          f"{explainer.subject.image_input!r} takes {size[0]}x{size[1]} images only; leave the size "
                          "out (it is read from the model)")
     values = {**explainer.metadata.preprocessing, **overrides}
-    return Preprocessing.from_metadata(values, explainer.subject.image_layout, size)
+    return Preprocessing.from_input(values, shape, explainer.subject.image_layout)
 
 
 def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, targets: Optional[int] = None,
