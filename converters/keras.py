@@ -13,12 +13,26 @@ branch, and the gradient with respect to it would miss every path but the ones t
 it. Every later op reads the marker's output instead, and the marker (``CheckNumerics``, converted into a private
 domain the optimisers leave alone, then made an ``Identity``) keeps that tensor, in Keras' NHWC layout, the one
 place the rest of the graph is computed from.
+
+How big models stay small: the large weights never enter a TensorFlow graph or tf2onnx. While tracing,
+``keras.StatelessScope`` maps each large variable to an input of the function; tf2onnx converts the graph with
+those inputs, and afterwards they become the ONNX initializers, with the layout changes tf2onnx put in the graph
+for them (kernel transposes, reshapes) computed once. Frozen into the graph instead, every weight was copied into
+each GraphDef, graph and tf2onnx structure on the way, and once more per tf2onnx optimiser pass: Keras VGG16 (528
+MB of weights) passed 18 GB; now its conversion peaks about 3x its weights above the built model
+(benchmarks/bench_big_models.py). The model is written first and then checked from the file, so that no further
+copy is serialized for the checker; a model past protobuf's 2 GiB limit is written with external data.
+
+Two conversions tf2onnx lacks are supplied: functions Keras compiles with XLA (grouped convolutions on the CPU,
+ConvNeXt's depthwise ones) are inlined like any other, and ``Erfc`` (in TensorFlow's exact GELU) becomes
+``1 - Erf``.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+from collections import Counter
 from typing import Any, Optional, Sequence, Union
 
 import keras
@@ -26,7 +40,8 @@ import numpy as np
 import onnx
 import tensorflow as tf
 import tf2onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from onnx_gradcam import metadata
@@ -34,6 +49,13 @@ from onnx_gradcam import metadata
 MARKER_OP = "CheckNumerics"
 MARKER_DOMAIN = "onnx_gradcam.layer_marker"
 MARKER_MESSAGE = "onnx_gradcam layer output"
+BY_REFERENCE_BYTES = 2**16
+"""Variables this large are kept out of TensorFlow's graphs and tf2onnx (see ``_Weights``); smaller ones
+(batch-norm statistics, biases, scales) are frozen into the graph, where grappler and tf2onnx fold them."""
+WEIGHT_PREFIX = "onnx_gradcam_weight_"
+NO_INLINING_MARKS = ("_XlaMustCompile", "_noinline")
+PROTOBUF_LIMIT = 2**31 - 2**26
+"""Past this many bytes (2 GiB less a margin for the graph itself) a model is saved with external data."""
 
 LayerSpec = Union[str, Any]  # a path "outer/inner" of layer names, or the layer object itself
 Shape = Sequence[Optional[int]]
@@ -52,13 +74,14 @@ def export(model, path: Union[str, os.PathLike], layers: Sequence[LayerSpec] = (
     """
     named = resolve_layers(model, layers)
     inputs = _input_signature(model, input_shapes)
-    traced = _Traced(model, inputs, named)
+    weights = _Weights(model)
+    traced = _Traced(model, inputs, named, weights)
     output_names = _output_names(model, traced.output_paths)
     # Each returned tensor is named after the model output it is, else after the first layer path it is.
     names = output_names + [None] * (traced.n_returned - traced.n_outputs)
     for (layer_path, _), source in zip(named, traced.sources):
         names[source] = names[source] or layer_path
-    converted = _convert(traced.concrete, [spec.name for spec in inputs], names, opset)
+    converted = _convert(traced.concrete, [spec.name for spec in inputs], names, opset, weights)
     reached = _ancestors(converted.graph, output_names)
     unused = [name for name in names[traced.n_outputs:] if name not in reached]
     if unused:
@@ -67,14 +90,31 @@ def export(model, path: Union[str, os.PathLike], layers: Sequence[LayerSpec] = (
     for layer_path, tensor in layer_tensors.items():
         if layer_path != tensor:  # a second name for a tensor already returned: an Identity output of its own
             _add_alias_output(converted.graph, tensor, layer_path)
-    onnx.checker.check_model(converted)
     metadata.write(converted, metadata.Metadata(
         framework="keras", framework_version=keras.__version__,
         input_layout=_layout() if any(len(spec.shape) == 4 for spec in inputs) else None,
         layers={name: metadata.LayerInfo(tensor=layer_tensors[name], layout=_layout(layer)) for name, layer in named},
         preprocessing=dict(preprocessing or {})))
-    onnx.save(converted, os.fspath(path))
+    _save_checked(converted, os.fspath(path))
     return converted
+
+
+def _save_checked(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path``, then run onnx's checker on the file.
+
+    The file, not the proto: checking a proto in memory serializes it once more (another copy of every weight)
+    and fails past protobuf's 2 GiB limit. A model past that limit is written with its weights as external data
+    in ``path + ".data"``. A model the checker rejects is removed again, not left behind.
+    """
+    large = model.ByteSize() > PROTOBUF_LIMIT
+    onnx.save(model, path, save_as_external_data=large, location=os.path.basename(path) + ".data")
+    try:
+        onnx.checker.check_model(path)
+    except onnx.checker.ValidationError:
+        for written in (path, path + ".data"):
+            if os.path.exists(written):
+                os.remove(written)
+        raise
 
 
 # --- naming layers -----------------------------------------------------------------------------------------------
@@ -203,20 +243,23 @@ class _Traced:
     for twice, or one whose output *is* a model output or another layer's, is returned only once.
     """
 
-    def __init__(self, model, inputs: list[tf.TensorSpec], named: list[tuple[str, Any]]):
+    def __init__(self, model, inputs: list[tf.TensorSpec], named: list[tuple[str, Any]], weights: "_Weights"):
         self.model = model
         self.n_inputs = len(inputs)
         self.named = named
+        self.weights = weights
         self.n_outputs = 0
         self.output_paths: list[tuple] = []
         self.n_returned = 0
         self.sources: list[int] = []
         # Traced here, so that errors about layers surface before tf2onnx runs.
-        self.concrete = tf.function(self._run).get_concrete_function(*inputs)
+        self.concrete = tf.function(self._run).get_concrete_function(*inputs, *weights.specs)
 
-    def _run(self, *inputs):
+    def _run(self, *arguments):
+        inputs, values = arguments[:self.n_inputs], arguments[self.n_inputs:]
         recorded: dict[int, Any] = {}
-        with _recording([layer for _, layer in self.named], recorded):
+        with _recording([layer for _, layer in self.named], recorded), \
+                keras.StatelessScope(state_mapping=list(zip(self.weights.variables, values))):
             outputs = self.model(inputs[0] if self.n_inputs == 1 else list(inputs), training=False)
         flat = keras.tree.flatten_with_path(outputs)
         self.output_paths = [path for path, _ in flat]
@@ -272,30 +315,166 @@ class _recording:
 
 
 # --- conversion ----------------------------------------------------------------------------------------------------
-def _convert(concrete, input_names: list[str], output_names: list[str], opset: int) -> onnx.ModelProto:
+class _Weights:
+    """The model's large variables (``BY_REFERENCE_BYTES`` or more), kept out of TensorFlow's graphs and out of
+    tf2onnx: traced as inputs of the function, converted as graph inputs, made initializers afterwards.
+
+    Why: frozen into the graph, each weight is copied into the frozen GraphDef, the function rebuilt from it, the
+    graphs tf2onnx imports, freezes and optimises, its table of constant values, its nodes, and, under protobuf's
+    upb runtime, once more per optimiser pass (a cleared field's memory stays in its message's arena); Keras VGG16
+    (528 MB of weights) passed 18 GB. ``keras.StatelessScope`` maps each variable to its input while tracing.
+    """
+
+    def __init__(self, model):
+        unique = {id(v): v for v in model.variables}.values()
+        self.variables = [v for v in unique
+                          if tf.as_dtype(v.dtype).size * int(np.prod(v.shape)) >= BY_REFERENCE_BYTES]
+        self.specs = [tf.TensorSpec(v.shape, v.dtype, name=f"{WEIGHT_PREFIX}{i}")
+                      for i, v in enumerate(self.variables)]
+        self.names = _unique([v.path for v in self.variables])
+        """Each weight's name in the ONNX graph: the variable's path ("block1_conv1/kernel")."""
+
+    def value(self, name: str) -> np.ndarray:
+        """The weight's value: on the CPU, a view of the variable's own buffer, not a copy."""
+        return self.variables[self.names.index(name)].value.numpy()
+
+
+def _unique(names: list[str]) -> list[str]:
+    """``names`` with any repeated one given a suffix ("dense/kernel", "dense/kernel_1")."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        unique.append(name if not count else f"{name}_{count}")
+    return unique
+
+
+def _convert(concrete, input_names: list[str], output_names: list[str], opset: int,
+             weights: _Weights) -> onnx.ModelProto:
     """The traced function as ONNX, with the given input and output names.
 
     Frozen here rather than by ``tf2onnx.convert.from_function``, which lists every captured tensor of the
     function as a graph input: constants a layer holds as tensors (the mean and variance of EfficientNet's
-    ``Normalization`` layer) would become inputs the caller must feed. Freezing turns them into constants.
+    ``Normalization`` layer) would become inputs the caller must feed. Freezing turns them into constants. The
+    large weights are inputs of the function (see ``_Weights``); they leave tf2onnx as graph inputs and become
+    initializers here.
     """
     frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
     tf_inputs = [t.name for t in frozen.inputs]
     tf_outputs = [t.name for t in frozen.outputs]
-    if len(tf_inputs) != len(input_names) or len(tf_outputs) != len(output_names):
+    if len(tf_inputs) != len(input_names) + len(weights.names) or len(tf_outputs) != len(output_names):
         raise RuntimeError(f"the frozen function has inputs {tf_inputs} and outputs {tf_outputs}; expected "
-                           f"{len(input_names)} inputs and {len(output_names)} outputs")
-    taken = [name for name in input_names + output_names]
+                           f"{len(input_names)} inputs, {len(weights.names)} weights and {len(output_names)} "
+                           "outputs")
+    taken = input_names + output_names + weights.names
     twice = sorted({name for name in taken if taken.count(name) > 1})
     if twice:
         raise ValueError(f"cannot name graph tensors {twice}: each name is wanted twice (a layer path equal to a "
-                         "model input or output name)")
+                         "model input or output name, or to a weight's path)")
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+    _allow_inlining(graph_def)
     converted, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(add_shapes=True), input_names=tf_inputs, output_names=tf_outputs, opset=opset,
+        graph_def, input_names=tf_inputs, output_names=tf_outputs, opset=opset,
         custom_ops={MARKER_OP: MARKER_DOMAIN}, extra_opset=[helper.make_opsetid(MARKER_DOMAIN, 1)],
-        tensors_to_rename={**dict(zip(tf_inputs, input_names)), **dict(zip(tf_outputs, output_names))})
+        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+        tensors_to_rename=dict(zip(tf_inputs, input_names + weights.names)) | dict(zip(tf_outputs, output_names)))
     _unmark(converted)
+    _weights_to_initializers(converted, weights)
     return converted
+
+
+def _weights_to_initializers(model: onnx.ModelProto, weights: _Weights) -> None:
+    """The weights' graph inputs become initializers holding the variables' values.
+
+    tf2onnx, given a kernel it cannot see, computes its layout in the graph (a ``Transpose`` from Keras' HWIO to
+    ONNX's OIHW, a ``Reshape`` for depthwise kernels). Every node that computes from weights and initializers
+    alone is computed here instead, by onnx's reference implementation in the weight's own dtype, so the graph
+    reads each kernel in the layout it needs, as after tf2onnx's own constant folding. Each value is dropped as
+    soon as its last such node has read it and its initializer (if the graph still reads it) holds it.
+    """
+    graph = model.graph
+    constant = {t.name for t in graph.initializer} | set(weights.names)
+    derived = set(weights.names)  # computed from a weight: what is folded here
+    folded = []
+    for index, node in enumerate(graph.node):
+        inputs = [name for name in node.input if name]
+        if node.domain in ("", "ai.onnx") and inputs and set(inputs) <= constant and derived.intersection(inputs):
+            folded.append(index)
+            constant.update(node.output)
+            derived.update(node.output)
+    kept = [node for index, node in enumerate(graph.node) if index not in set(folded)]
+    read = {name for node in kept for name in node.input} | {output.name for output in graph.output}
+    uses = Counter(name for index in folded for name in graph.node[index].input if name)
+    inline = {t.name: t for t in graph.initializer}
+    values: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        if name not in values:
+            values[name] = weights.value(name) if name in weights.names else numpy_helper.to_array(inline[name])
+        return values[name]
+
+    def done(name: str) -> None:
+        if name in derived and name in read:
+            _add_initializer(graph, name, value(name))
+        values.pop(name, None)
+
+    nodes = list(graph.node)
+    for index in folded:
+        node = nodes[index]
+        inputs = [name for name in node.input if name]
+        values.update(zip(node.output, ReferenceEvaluator(node).run(None, {name: value(name) for name in inputs})))
+        uses.subtract(inputs)
+        for name in {*inputs, *node.output}:
+            if uses[name] <= 0 and name in values:
+                done(name)
+    for name in weights.names:
+        if name not in uses:  # read by the graph as it is (a Dense kernel)
+            done(name)
+    del graph.node[:]
+    graph.node.extend(kept)
+    inputs = [i for i in graph.input if i.name not in derived]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> None:
+    """``array`` as an initializer of ``graph``, its bytes copied once into the graph (``numpy_helper.from_array``
+    and ``append`` would hold two more copies at once: of VGG16's 411 MB ``fc1`` kernel, 800 MB)."""
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = numpy_helper.tobytes_little_endian(array)
+
+
+def _allow_inlining(graph_def) -> None:
+    """Let grappler inline the functions Keras compiles with XLA.
+
+    Keras runs grouped convolutions on the CPU (ConvNeXt's depthwise ``Conv2D(groups=channels)``) through a
+    ``tf.function(jit_compile=True)``; the call is a ``StatefulPartitionedCall`` of a function marked
+    ``_XlaMustCompile`` and ``_noinline``, which grappler leaves alone and tf2onnx does not convert ("No Op
+    registered for StatefulPartitionedCall"). Without the marks it is inlined like any other function.
+    """
+    nodes = list(graph_def.node) + [node for function in graph_def.library.function for node in function.node_def]
+    for attrs in [node.attr for node in nodes] + [function.attr for function in graph_def.library.function]:
+        for mark in NO_INLINING_MARKS:
+            if mark in attrs:
+                del attrs[mark]
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args) -> None:
+    """tf2onnx handler: ``Erfc(x)`` as ``1 - Erf(x)``.
+
+    TensorFlow's exact GELU (Keras' ``"gelu"``, ConvNeXt's) is ``0.5 x erfc(-x / sqrt 2)``, and tf2onnx has no
+    conversion for ``Erfc``. The difference is float32's rounding of ``1 - erf``: about 1e-7 absolute.
+    """
+    node.type = "Erf"
+    dtype = tf2onnx.utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    one = ctx.make_const(tf2onnx.utils.make_name(f"{name}/one"), np.array(1, dtype))
+    complement = ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+    ctx.copy_shape(node.output[0], complement.output[0])
+    ctx.set_dtype(complement.output[0], ctx.get_dtype(node.output[0]))
 
 
 def _mark(output):

@@ -9,8 +9,8 @@ policy and given the same weights. A float32 oracle's own rounding would set the
 torch heads it reaches 3e-3 relative). Measured here against float64: our gradients within 2e-7 relative,
 activations within 1.2e-5 (5e-5 after ResNet50's 50 float32 layers), raw Grad-CAM maps within 7e-7 of their maximum.
 
-Runtime: 60-95 s on 2 shared CPU cores; all but ~7 s of it the four keras.applications networks (marked
-slow: tf2onnx alone takes 4-25 s on each).
+Runtime: about 90 s on 2 shared CPU cores; all but ~7 s of it the keras.applications networks (marked slow):
+5-13 s each, ConvNeXtTiny about 30 s (its float64 tape compiles grouped convolutions with XLA).
 """
 
 from __future__ import annotations
@@ -79,14 +79,16 @@ def float64_twin(build, model, input_shape=None):
 
 def gradient_tape(forward, images, seed: np.ndarray):
     """``forward(x) -> (A, y)`` run eagerly in float64 (a list of arrays: ``forward(list of x)``); returns A,
-    d sum(seed * y) / dA and y."""
+    d sum(seed * y) / dA and y. ``A`` may be a list of activations: then A and the gradients are lists."""
     with tf.GradientTape() as tape:
         if isinstance(images, list):
             activations, output = forward([tf.constant(x, tf.float64) for x in images])
         else:
             activations, output = forward(tf.constant(images, tf.float64))
         score = tf.reduce_sum(tf.constant(seed, tf.float64) * output)
-    return activations.numpy(), tape.gradient(score, activations).numpy(), output.numpy()
+    gradients = tape.gradient(score, activations)
+    return keras.tree.map_structure(np.asarray, activations), keras.tree.map_structure(np.asarray, gradients), \
+        output.numpy()
 
 
 def layer_and_output(model, layer: str, output=0):
@@ -301,6 +303,37 @@ def test_applications_gradients_equal_gradient_tape(name, layer, tmp_path):
     activations, gradients, _ = gradient_tape(layer_and_output(twin, layer), images, one_hot(classes, 1000))
     assert relative_error(ours.activations, activations) <= REL_TOL
     assert relative_error(ours.gradients, gradients) <= REL_TOL
+
+
+CONVNEXT_SIZE = 64
+"""16x16 after the stem, 2x2 in the last stage; at 96 the test's process peaks past 3 GB."""
+
+
+@pytest.mark.slow
+def test_convnext_gradients_equal_gradient_tape(tmp_path):
+    """ConvNeXtTiny: its depthwise convolutions are grouped ``Conv2D``s, which Keras compiles with XLA on the CPU
+    (a function call tf2onnx cannot convert unless inlined), and its exact GELU computes ``erfc``. Explained at an
+    inner block's depthwise conv and in the last stage: its last block's residual branch (the stage's output is an
+    ``ops.add``, no layer; the gradient at the branch is the gradient at that sum)."""
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras.applications.ConvNeXtTiny(weights=None, input_shape=(CONVNEXT_SIZE, CONVNEXT_SIZE, 3),
+                                               classifier_activation=None)
+
+    model = build()
+    twin = float64_twin(build, model)
+    explained = ["convnext_tiny_stage_1_block_2_depthwise_conv", "convnext_tiny_stage_3_block_2_identity"]
+    images = images_for((CONVNEXT_SIZE, CONVNEXT_SIZE, 3), count=2)
+    path = export_and_round_trip(model, tmp_path, images, explained)
+    classes = [3, 817]
+    ours = Explainer(path, layer=explained, providers=CPU).gradients(images, classes)
+    # One tape for both layers: each eager float64 pass compiles the grouped convolutions with XLA again (~15 s).
+    forward = keras.Model(twin.inputs, [[twin.get_layer(layer).output for layer in explained], twin.outputs[0]])
+    activations, gradients, _ = gradient_tape(forward, images, one_hot(classes, 1000))
+    for layer, activation, gradient in zip(explained, activations, gradients):
+        assert ours[layer].activations.shape == activation.shape
+        assert relative_error(ours[layer].activations, activation) <= REL_TOL
+        assert relative_error(ours[layer].gradients, gradient) <= REL_TOL
 
 
 # --- several outputs; segmentation ----------------------------------------------------------------------------------
