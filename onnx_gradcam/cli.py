@@ -21,6 +21,7 @@ from .files import OVERLAY_SIZES, explain_files, find_images, input_folders, pre
 from .graph.layers import UnknownLayerError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
+from .subject import PRECISIONS
 from .writing import atomic, file_to_write, refuse_inputs, same_file
 
 SOME_IMAGES_FAILED, USAGE_ERROR = 1, 2
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
                              "seed: add a float target_seed input shaped like the output, for dense outputs "
                              "(default top)")
     export.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
+    _precision_option(export)
     export.set_defaults(run=_export)
 
     convert = commands.add_parser("convert", help="convert a PyTorch or Keras model to ONNX with layers kept as "
@@ -123,6 +125,12 @@ def _layer_option(parser: argparse.ArgumentParser, flag: str, default: str = "au
                              f"MODEL` (default {default}); repeat to average the layers' maps")
 
 
+def _precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="float16 and bfloat16 models: float32 recomputes the head in float32 for the backward "
+                             "pass (default); model keeps the model's own type")
+
+
 def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_required: bool) -> None:
     parser.add_argument("--out", required=out_required,
                         help="output folder for overlays, maps, summary.json and summary.csv" +
@@ -153,6 +161,7 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout (default: from the "
                                                                    "model's metadata or its input shape)")
     parser.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
+    _precision_option(parser)
     parser.add_argument("--alpha", type=_fraction, default=0.5, help="map opacity in overlays, 0 to 1 (default 0.5)")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo", "viridis"],
                         help="overlay colormap (default jet)")
@@ -232,7 +241,7 @@ def _explain(args) -> int:
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     explainer = Explainer(model_path, layer=args.explain_layers or "auto", method=args.method, output=args.output,
-                          eigen_smooth=args.eigen_smooth, layout=args.layout)
+                          eigen_smooth=args.eigen_smooth, layout=args.layout, precision=args.precision)
     images = find_images(image_args)
     _check_out_folder(args.out, image_args, args.into_input_folder)
     keep_going = args.keep_going if args.keep_going is not None else any(os.path.isdir(p) for p in image_args)
@@ -265,7 +274,7 @@ def _export(args) -> int:
     if args.onnx:
         refuse_inputs(file_to_write(args.onnx), [args.model], "-o file")  # before the explainer is built
     explainer = explainer_to_export(args.model, layer=args.explain_layers or "auto", method=args.method,
-                                    output=args.output)
+                                    output=args.output, precision=args.precision)
     if args.onnx:
         explainer.export(args.onnx, args.targets)
         print(f"wrote {args.onnx}")

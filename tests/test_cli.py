@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
+import tiny_cnn
 from onnx_gradcam import Explainer
 from onnx_gradcam.cli import main
 
@@ -152,3 +154,13 @@ def test_explain_a_folder_of_fifty_images_with_one_corrupt(converted, tmp_path, 
     assert len(explained) == 50
     assert all(row["predicted_class"] == row["explained_class"] and row["predicted_class"] in {"0", "1", "2"}
                and np.isfinite(float(row["predicted_logit"])) for row in explained)
+
+
+@pytest.mark.parametrize("precision, twinned", [("float32", True), ("model", False)])
+def test_export_precision_of_a_float16_model(tmp_path, precision, twinned):
+    source = tmp_path / "half.onnx"
+    onnx.save(tiny_cnn.model(np.float16), source)
+    assert main(["export", str(source), "-o", str(tmp_path / "explainer.onnx"), "--layer", "A",
+                 "--precision", precision]) == 0
+    nodes = onnx.load(tmp_path / "explainer.onnx").graph.node
+    assert any(node.name.endswith("/float32") for node in nodes) == twinned
