@@ -23,7 +23,7 @@ from .explainer import Explainer
 from .graph.layout import image_hw
 from .images import Preprocessing, display_rgb, load_picture
 from .pictures import overlay
-from .writing import atomic, output_folder, refuse_inputs, same_file
+from .writing import atomic, output_folder, refuse_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OVERLAY_SIZES = ("original", "model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnx_gradcam import Explainer
@@ -118,7 +118,7 @@ def test_mean_and_std_that_do_not_fit_the_channels_are_refused():
         Preprocessing(channels=2)
 
 
-def _gray_model() -> "onnx.ModelProto":
+def _gray_model() -> ModelProto:
     """A 1-channel CNN: Conv 1->4 (edge and level filters), Relu = layer "act", global average pool, Gemm to 3."""
     kernels = np.stack([np.array([[-1, 0, 1]] * 3), np.array([[-1, 0, 1]] * 3).T, np.ones((3, 3)) / 9,
                         np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]])]).astype(np.float32)[:, None]
