@@ -245,3 +245,8 @@ def test_targets_from_torch_are_taken_as_numpy_would(quickstart):
     assert quickstart(images, torch.tensor([2, 1])).classes.tolist() == [2, 1]
     np.testing.assert_allclose(quickstart(images, torch.eye(3)[[2, 1]]).cams, quickstart(images, [2, 1]).cams,
                                atol=1e-6)
+
+
+def test_an_empty_layer_list_is_refused_when_the_explainer_is_made():
+    with pytest.raises(ValueError, match=r"^layer=\[\] names no layer; give 'auto', a layer name or a list"):
+        Explainer(QUICKSTART, layer=[])
