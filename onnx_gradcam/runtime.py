@@ -82,12 +82,18 @@ session too). Sessions over models with float16 weights are made without it; con
 those Casts into float32 weights."""
 
 
+def has_float16_weights(model: ModelProto) -> bool:
+    return any(tensor.data_type == TensorProto.FLOAT16 for tensor in model.graph.initializer)
+
+
 def make_session(model: Union[ModelProto, bytes, str], providers: Providers = "auto",
-                 options: Optional[ort.SessionOptions] = None) -> ort.InferenceSession:
+                 options: Optional[ort.SessionOptions] = None,
+                 float16_weights: Optional[bool] = None) -> ort.InferenceSession:
     """An inference session over ``model`` (a proto, serialized bytes or a path) with the resolved providers
-    (``options`` default to :func:`default_options`)."""
+    (``options`` default to :func:`default_options`). ``float16_weights``: whether the model has any, where
+    ``model`` is not a proto that says so itself."""
     payload = model.SerializeToString() if isinstance(model, ModelProto) else model
-    float16_weights = isinstance(model, ModelProto) and any(
-        tensor.data_type == TensorProto.FLOAT16 for tensor in model.graph.initializer)
+    if float16_weights is None:
+        float16_weights = isinstance(model, ModelProto) and has_float16_weights(model)
     return ort.InferenceSession(payload, options or default_options(), providers=resolve_providers(providers),
                                 disabled_optimizers=FLOAT16_UNSAFE_OPTIMIZERS if float16_weights else None)

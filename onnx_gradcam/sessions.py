@@ -1,9 +1,8 @@
 """The ONNX Runtime sessions of one Explainer, and the weights they are made from.
 
-The weights of the user's model are detached once (see :mod:`onnx_gradcam.graph.weights`) and handed to
-ONNX Runtime, which copies them into each session it makes; so the arrays are handed over for the first
-session and reloaded from the source for later ones, and no second copy lives beside ONNX Runtime's.
-Sessions are kept under typed keys: what the session computes, and which part.
+The weights of the user's model are detached once into a private file (see :mod:`onnx_gradcam.graph.weights`)
+that every session ONNX Runtime makes maps in, so no copy of ours lives beside ONNX Runtime's. Sessions are
+kept under typed keys: what the session computes, and which part.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ import enum
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Hashable, Mapping, Optional, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from .graph import weights
 from .graph.model import ModelLike, load_model
-from .runtime import make_session
+from .runtime import has_float16_weights, make_session
 from .writing import atomic, refuse_inputs
 
 
@@ -45,20 +44,20 @@ class SessionKey:
     """Which one of its kind: a seeding, a layer, the layers of a head, a number of maps."""
 
 
-def load_light(model: ModelLike) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """A private copy of ``model`` whose large weights are detached into arrays."""
+def load_light(model: ModelLike) -> tuple[onnx.ModelProto, weights.DetachedWeights]:
+    """A private copy of ``model`` whose large weights are detached into a file of their own."""
     light = load_model(model)
     weights.constants_to_initializers(light)
-    return light, weights.detach(light)
+    return light, weights.DetachedWeights(light)
 
 
 class SessionCache:
     """Makes each session once, from models whose large weights are placeholders, and counts their runs."""
 
-    def __init__(self, source: ModelLike, detached: dict[str, np.ndarray], providers: Sequence[str],
+    def __init__(self, source: ModelLike, detached: weights.DetachedWeights, providers: Sequence[str],
                  new_options: Callable[[], object]):
         self._source = source
-        self._detached: Optional[dict[str, np.ndarray]] = detached
+        self._detached = detached
         self._providers = list(providers)
         self._new_options = new_options
         self._sessions: dict[SessionKey, object] = {}
@@ -86,21 +85,11 @@ class SessionCache:
             refuse_inputs(os.fspath(path), [os.fspath(self._source)], "model to write")
         complete = onnx.ModelProto()
         complete.CopyFrom(model)
-        weights.attach(complete, self._take_weights())
+        self._detached.attach(complete)
         with atomic(os.fspath(path)) as staged:
             onnx.save(complete, staged, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
 
     def _make(self, model: onnx.ModelProto):
-        # ONNX Runtime copies the detached weights in while it loads, then drops them from the options;
-        # the arrays must live until then.
-        options = self._new_options()
-        needed = weights.placeholders(model)
-        if needed:
-            names, values = weights.ort_values(self._take_weights(), needed)
-            options.add_external_initializers(names, values)
-        return make_session(model, self._providers, options)
-
-    def _take_weights(self) -> dict[str, np.ndarray]:
-        """The detached weights, handed over once; later needs reload them from the source."""
-        taken, self._detached = self._detached, None
-        return taken if taken is not None else load_light(self._source)[1]
+        """A session over ``model``, from a file that reads the detached weights where it has placeholders."""
+        source = self._detached.session_file(model) if weights.placeholders(model) else model
+        return make_session(source, self._providers, self._new_options(), has_float16_weights(model))

@@ -20,7 +20,7 @@ from onnx.reference import ReferenceEvaluator
 
 from adjoint import to_float64
 from onnx_gradcam import Explainer
-from onnx_gradcam.graph import weights
+from onnx_gradcam.graph.weights import DetachedWeights
 from onnx_gradcam.graph.assemble import with_outputs
 from onnx_gradcam.graph.head import cut_head
 from onnx_gradcam.sessions import load_light
@@ -63,9 +63,9 @@ def directional_errors(path: str, explainer: Explainer, feeds: dict, seed: np.nd
     return errors
 
 
-def _complete(model: onnx.ModelProto, detached: dict) -> onnx.ModelProto:
+def _complete(model: onnx.ModelProto, detached: DetachedWeights) -> onnx.ModelProto:
     """``model`` (built over weight placeholders) with the weights put back."""
     complete = onnx.ModelProto()
     complete.CopyFrom(model)
-    weights.attach(complete, detached)
+    detached.attach(complete)
     return complete
