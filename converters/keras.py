@@ -20,8 +20,9 @@ those inputs, and afterwards they become the ONNX initializers, with the layout 
 for them (kernel transposes, reshapes) computed once. Frozen into the graph instead, every weight was copied into
 each GraphDef, graph and tf2onnx structure on the way, and once more per tf2onnx optimiser pass: Keras VGG16 (528
 MB of weights) passed 18 GB; now its conversion peaks about 3x its weights above the built model
-(benchmarks/bench_big_models.py). The model is written first and then checked from the file, so that no further
-copy is serialized for the checker; a model past protobuf's 2 GiB limit is written with external data.
+(benchmarks/bench_big_models.py). The checker reads the model's structure without its weights and the file is
+written one weight at a time (:mod:`converters.streamed_save`), so neither holds another copy of them; a model
+past protobuf's 2 GiB limit is written with external data.
 
 Two conversions tf2onnx lacks are supplied: functions Keras compiles with XLA (grouped convolutions on the CPU,
 ConvNeXt's depthwise ones) are inlined like any other, and ``Erfc`` (in TensorFlow's exact GELU) becomes
@@ -45,6 +46,8 @@ from onnx.reference import ReferenceEvaluator
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from onnx_gradcam import metadata
+
+from .streamed_save import check_structure, save_streamed, weight_bytes
 
 MARKER_OP = "CheckNumerics"
 MARKER_DOMAIN = "onnx_gradcam.layer_marker"
@@ -100,21 +103,18 @@ def export(model, path: Union[str, os.PathLike], layers: Sequence[LayerSpec] = (
 
 
 def _save_checked(model: onnx.ModelProto, path: str) -> None:
-    """Write ``model`` to ``path``, then run onnx's checker on the file.
+    """Check ``model`` with onnx's checker, then write it to ``path``: a model the checker rejects is never
+    written.
 
-    The file, not the proto: checking a proto in memory serializes it once more (another copy of every weight)
-    and fails past protobuf's 2 GiB limit. A model past that limit is written with its weights as external data
-    in ``path + ".data"``. A model the checker rejects is removed again, not left behind.
+    Both without another copy of the weights (see :mod:`converters.streamed_save`): the checker reads the
+    structure with the weights left out, and the file is written one weight at a time; a model past protobuf's
+    2 GiB limit is written with its weights as external data in ``path + ".data"``.
     """
-    large = model.ByteSize() > PROTOBUF_LIMIT
-    onnx.save(model, path, save_as_external_data=large, location=os.path.basename(path) + ".data")
-    try:
-        onnx.checker.check_model(path)
-    except onnx.checker.ValidationError:
-        for written in (path, path + ".data"):
-            if os.path.exists(written):
-                os.remove(written)
-        raise
+    check_structure(model)
+    if weight_bytes(model) > PROTOBUF_LIMIT:
+        onnx.save(model, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
+    else:
+        save_streamed(model, path)
 
 
 # --- naming layers -----------------------------------------------------------------------------------------------
