@@ -21,7 +21,7 @@ for them (kernel transposes, reshapes) computed once. Frozen into the graph inst
 each GraphDef, graph and tf2onnx structure on the way, and once more per tf2onnx optimiser pass: Keras VGG16 (528
 MB of weights) passed 18 GB; now its conversion peaks about 3x its weights above the built model
 (benchmarks/bench_big_models.py). The checker reads the model's structure without its weights and the file is
-written one weight at a time (:mod:`converters.streamed_save`), so neither holds another copy of them; a model
+written one weight at a time (:mod:`onnx_gradcam.graph.saving`), so neither holds another copy of them; a model
 past protobuf's 2 GiB limit is written with external data.
 
 Two conversions tf2onnx lacks are supplied: functions Keras compiles with XLA (grouped convolutions on the CPU,
@@ -47,7 +47,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from onnx_gradcam import metadata
 
-from .streamed_save import check_structure, save_streamed, weight_bytes
+from onnx_gradcam.graph.saving import PROTOBUF_LIMIT, check_structure, save_streamed, weight_bytes
 
 MARKER_OP = "CheckNumerics"
 MARKER_DOMAIN = "onnx_gradcam.layer_marker"
@@ -57,8 +57,6 @@ BY_REFERENCE_BYTES = 2**16
 (batch-norm statistics, biases, scales) are frozen into the graph, where grappler and tf2onnx fold them."""
 WEIGHT_PREFIX = "onnx_gradcam_weight_"
 NO_INLINING_MARKS = ("_XlaMustCompile", "_noinline")
-PROTOBUF_LIMIT = 2**31 - 2**26
-"""Past this many bytes (2 GiB less a margin for the graph itself) a model is saved with external data."""
 
 LayerSpec = Union[str, Any]  # a path "outer/inner" of layer names, or the layer object itself
 Shape = Sequence[Optional[int]]
@@ -106,7 +104,7 @@ def _save_checked(model: onnx.ModelProto, path: str) -> None:
     """Check ``model`` with onnx's checker, then write it to ``path``: a model the checker rejects is never
     written.
 
-    Both without another copy of the weights (see :mod:`converters.streamed_save`): the checker reads the
+    Both without another copy of the weights (see :mod:`onnx_gradcam.graph.saving`): the checker reads the
     structure with the weights left out, and the file is written one weight at a time; a model past protobuf's
     2 GiB limit is written with its weights as external data in ``path + ".data"``.
     """

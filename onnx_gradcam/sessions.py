@@ -18,6 +18,7 @@ import onnx
 
 from .graph import weights
 from .graph.model import ModelLike, load_model
+from .graph.saving import PROTOBUF_LIMIT, save_streamed, weight_bytes
 from .runtime import has_float16_weights, make_session
 from .writing import atomic, refuse_inputs
 
@@ -87,7 +88,10 @@ class SessionCache:
         complete.CopyFrom(model)
         self._detached.attach(complete)
         with atomic(os.fspath(path)) as staged:
-            onnx.save(complete, staged, save_as_external_data=complete.ByteSize() > 2**31 - 2**26)
+            if weight_bytes(complete) > PROTOBUF_LIMIT:
+                onnx.save(complete, staged, save_as_external_data=True)
+            else:
+                save_streamed(complete, staged)
 
     def _make(self, model: onnx.ModelProto):
         """A session over ``model``, from a file that reads the detached weights where it has placeholders."""

@@ -1,4 +1,4 @@
-"""converters.streamed_save writes the very model onnx.save writes, one weight at a time."""
+"""onnx_gradcam.graph.saving writes the very model onnx.save writes, one weight at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.streamed_save import check_structure, save_streamed
+from onnx_gradcam.graph.saving import check_structure, save_streamed
 
 
 def _model() -> onnx.ModelProto:

@@ -22,6 +22,9 @@ MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 GRAPH_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 LENGTH_DELIMITED = 2
 PLACEHOLDER_LOCATION = "weights-not-written"
+PROTOBUF_LIMIT = 2**31 - 2**26
+"""Past this many bytes of weights (2 GiB less a margin for the graph itself) a model is saved with external
+data: protobuf cannot hold 2 GiB."""
 
 
 def save_streamed(model: onnx.ModelProto, path: str) -> None:
