@@ -89,6 +89,7 @@ def export(model: torch.nn.Module, example_inputs: ExampleInputs, path: Union[st
         # directly, not through train(), which subclasses may override with side effects.
         for module, training in flags.items():
             module.training = training
+    _check_kept_dynamic(program.model.graph, [*args, *kwargs.values()], dynamic_batch, dynamic_size)
     _drop_wrapper_scope(program.model.graph)
     program.model.metadata_props[metadata.KEY] = metadata.Metadata(
         framework="pytorch", framework_version=torch.__version__, input_layout="NCHW",
@@ -208,10 +209,8 @@ def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, size: bool) -> Optio
         return dims.setdefault(name, torch.export.Dim(name))
 
     def spec(tensor: torch.Tensor) -> Optional[dict]:
-        axes = {0: dim("batch")} if batch and tensor.dim() else {}
-        if size:
-            axes.update({axis: dim(_SIZE_NAMES.get(axis - tensor.dim(), f"size{axis}"))
-                         for axis in range(2, tensor.dim())})
+        axes = {axis: dim("batch" if axis == 0 else _SIZE_NAMES.get(axis - tensor.dim(), f"size{axis}"))
+                for axis in _dynamic_axes(tensor, batch, size)}
         return axes or None
 
     if not (batch or size):
@@ -222,6 +221,25 @@ def _dynamic_shapes(args: tuple, kwargs: dict, batch: bool, size: bool) -> Optio
 
 _SIZE_NAMES = {-1: "width", -2: "height", -3: "depth"}
 """Names of the dynamic size axes, counted from the last."""
+
+
+def _dynamic_axes(tensor: torch.Tensor, batch: bool, size: bool) -> list[int]:
+    """The axes of an input asked to be dynamic: 0 for the batch, those after the channels for the size."""
+    return ([0] if batch and tensor.dim() else []) + (list(range(2, tensor.dim())) if size else [])
+
+
+def _check_kept_dynamic(graph, inputs: Sequence[torch.Tensor], batch: bool, size: bool) -> None:
+    """A clear error where torch.export made an axis asked to be dynamic static, as it does silently where the
+    model's code branches on that size, rather than a model that takes only the example's size."""
+    for value, tensor in zip(graph.inputs, inputs):
+        fixed = [axis for axis in _dynamic_axes(tensor, batch, size) if isinstance(value.shape[axis], int)]
+        if fixed:
+            raise ValueError(
+                f"torch.export fixed axes {fixed} of input {value.name!r} to the example's sizes "
+                f"{[value.shape[axis] for axis in fixed]} instead of keeping them dynamic: the model's code "
+                "branches on them (torchvision's swin_t, for one, sets its window shift by comparing the window "
+                "with the padded feature map, so no one graph is right at every size); export at each size "
+                "needed (dynamic_size=False), or make the branch independent of the size")
 
 
 def _drop_wrapper_scope(graph) -> None:

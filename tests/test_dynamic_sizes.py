@@ -101,3 +101,15 @@ def test_a_segmenter_of_symbolic_size_explains_a_class_over_a_mask_at_every_size
             hook.remove()
         (gradient,) = torch.autograd.grad(score, captured["layer"])
         assert relative_error(ours.gradients, gradient.numpy()) <= REL_TOL, f"at {height}x{width}"
+
+
+def test_swin_t_cannot_have_dynamic_sizes_and_the_export_says_why(tmp_path):
+    """torchvision's swin_t picks its window shift by comparing the window with the padded feature map (at
+    224x224 the last stage is 7x7: shift 0; at 320x256 it is padded to 14x14: shift 3), so no one graph is right
+    at both sizes; torch.export fixes the sizes, and the converter refuses to write that as a dynamic model."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None).eval()
+    path = tmp_path / "swin_t.onnx"
+    with pytest.raises(ValueError, match=r"fixed axes \[.*2, 3\] of input 'input' to the example's sizes"):
+        export(model, torch.randn(1, 3, *SIZES[0]), path, dynamic_size=True)
+    assert not path.exists()
