@@ -12,10 +12,11 @@ from onnx import ModelProto, TensorProto, ValueInfoProto
 from . import maps
 from .autodiff import backward
 from .graph.assemble import extend_model, keep_outputs, tensor_info
-from .graph.builder import NodeBuilder
+from .graph.builder import NodeBuilder, node_attributes
 from .graph.layers import Layer
 from .graph.layout import image_hw
 from .graph.promote import Twin, float32_twin
+from .graph.view import GraphView
 from .methods import GRADIENT_METHODS, channel_map
 from .subject import Subject
 from .targets import Seeding, class_seed
@@ -71,23 +72,35 @@ def build_explainer_model(subject: Subject, seeding: Seeding, method: Optional[s
     gradient method at its per-channel contributions, for the host's SVD (``eigen_smooth``).
     """
     view, layers = subject.view, [layer.tensor for layer in subject.layers]
-    twin = float32_twin(view, layers, subject.output) if subject.precision == "float32" else Twin(view, {})
+    sources = [layer.blocked or layer.tensor for layer in subject.layers]  # what the network computes on
+    twin = float32_twin(view, sources, subject.output) if subject.precision == "float32" else Twin(view, {})
     b, io = twin.view.builder(), _Interface()
     built = ExplainerModel(model=view.model, seeding=seeding, model_outputs=view.output_names)
     seed = _seed_step(b, io, subject, built, twin)
-    backward_pass = backward(twin.view, twin[subject.output], seed, [twin[layer] for layer in layers], b,
+    backward_pass = backward(twin.view, twin[subject.output], seed, [twin[source] for source in sources], b,
                              subject.layers_after)
-    gradients = {layer: backward_pass[twin[layer]] for layer in layers}
-    for layer in layers:
+    gradients = {layer.tensor: _as_layer_gradient(b, view, layer, backward_pass[twin[source]])
+                 for layer, source in zip(subject.layers, sources)}
+    for layer, source in zip(layers, sources):
         if layer not in view.output_names:
             io.outputs.append(tensor_info(layer, view.elem_type(layer), view.shape(layer)))
         built.activations.append(layer)
-        built.gradients.append(io.add_output(b, gradients[layer], f"grad/{layer}", twin.view.elem_type(twin[layer]),
+        built.gradients.append(io.add_output(b, gradients[layer], f"grad/{layer}",
+                                             twin.view.elem_type(twin[source]) or view.elem_type(layer),
                                              view.shape(layer)))
     if method is not None:
         _maps_step(b, io, subject, built, gradients, method, contributions_only)
     built.model = extend_model(twin.view.model, b.nodes, b.initializers, inputs=io.inputs, outputs=io.outputs)
     return built
+
+
+def _as_layer_gradient(b: NodeBuilder, view: GraphView, layer: Layer, gradient: str) -> str:
+    """The gradient at the layer's tensor: at a blocked tensor's NCHW copy, the blocked gradient reordered as
+    the copy was (the copy keeps the same elements, less the padding channels)."""
+    if layer.blocked is None:
+        return gradient
+    copy = view.producer[layer.tensor]
+    return b.op(copy.op_type, gradient, domain=copy.domain, **node_attributes(copy))
 
 
 def _seed_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel, twin: Twin) -> str:

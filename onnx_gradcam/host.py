@@ -14,7 +14,7 @@ from .explainer_models import ExplainerModels
 from .explanation import Explanation
 from .graph.assemble import tensor_info, with_outputs
 from .graph.builder import NodeBuilder
-from .graph.head import Head, cut_head
+from .graph.head import Head, cut_head_at
 from .graph.layers import Layer
 from .graph.model import set_ir_version
 from .methods import HOST_METHODS, LayerEvidence, eigen
@@ -101,7 +101,7 @@ class OnHost:
 
     def _head(self, layer: Layer) -> Head:
         if layer.tensor not in self._heads:
-            self._heads[layer.tensor] = cut_head(self.subject.view, [layer.tensor], self.subject.output)
+            self._heads[layer.tensor] = cut_head_at(self.subject.view, [layer], self.subject.output)
         return self._heads[layer.tensor]
 
     def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from .build import ExplainerModel, build_explainer_model
 from .explanation import Explanation
 from .graph.assemble import with_outputs
-from .graph.head import Head, cut_head
+from .graph.head import Head, cut_head_at
 from .graph.model import normalize
 from .graph.view import GraphView
 from .sessions import Kind, SessionCache, SessionKey
@@ -62,8 +62,7 @@ class SeveralPerImage:
     def _parts(self) -> tuple[Head, ExplainerModel]:
         """The cut-out head and its explainer model, built on first use."""
         if self._head is None:
-            self._head = cut_head(self.subject.view, [layer.tensor for layer in self.subject.layers],
-                                  self.subject.output)
+            self._head = cut_head_at(self.subject.view, self.subject.layers, self.subject.output)
             head_subject = self.subject.head(GraphView(normalize(self._head.model)))
             self._head_explainer = build_explainer_model(head_subject, Seeding.CLASS, self.method)
         return self._head, self._head_explainer

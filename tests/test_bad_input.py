@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import tiny_cnn
 from onnx_gradcam import Detection, Explainer, Mask
@@ -250,3 +251,17 @@ def test_targets_from_torch_are_taken_as_numpy_would(quickstart):
 def test_an_empty_layer_list_is_refused_when_the_explainer_is_made():
     with pytest.raises(ValueError, match=r"^layer=\[\] names no layer; give 'auto', a layer name or a list"):
         Explainer(QUICKSTART, layer=[])
+
+
+def test_a_layer_the_output_is_not_computed_from_is_named_so():
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32) / 27, "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["y"]),
+             helper.make_node("Sigmoid", ["r"], ["side"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    with pytest.raises(ValueError, match=r"^layer 'side' \(tensor 'side'\) is not on the path to output 'y': the "
+                                         r"output is not computed from it"):
+        Explainer(model, layer="side", output="y")

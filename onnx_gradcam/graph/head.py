@@ -8,13 +8,16 @@ model reproduces the output exactly when fed those tensors from the full model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from onnx import ModelProto, NodeProto, helper
 
 from .assemble import tensor_info
 from .model import set_ir_version
 from .view import GraphView
+
+if TYPE_CHECKING:
+    from .layers import Layer
 
 
 @dataclass
@@ -59,3 +62,15 @@ def cut_head(view: GraphView, layers: Sequence[str], output: str) -> Head:
     )
     model = helper.make_model(graph, opset_imports=list(view.model.opset_import), producer_name="onnx-gradcam")
     return Head(set_ir_version(model), list(layers), inputs)
+
+
+def cut_head_at(view: GraphView, layers: Sequence[Layer], output: str) -> Head:
+    """:func:`cut_head` at the layers' tensors. A layer that is only an NCHW copy beside a blocked network
+    (ORT_ENABLE_ALL) starts no head: nothing is computed from it."""
+    copies = [layer.display_name for layer in layers if layer.blocked]
+    if copies:
+        raise ValueError(f"layer(s) {copies} are NCHW copies beside the network, which ONNX Runtime's "
+                         "ORT_ENABLE_ALL optimiser runs on blocked tensors: Ablation-CAM and several targets per "
+                         "image need a head computed from the layer; use the model optimised at "
+                         "ORT_ENABLE_EXTENDED, or a gradient method")
+    return cut_head(view, [layer.tensor for layer in layers], output)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from ..metadata import Metadata
@@ -33,7 +33,8 @@ class Layer:
     ``name`` is the framework's name for it where known (a PyTorch module path, a Keras layer name),
     ``aliases`` the other framework names of the same tensor (the module it ends, and their parents).
     Token activations carry their ``tokens`` grid; ``shape`` and ``layout`` then describe the map
-    (N, height, width, C) NHWC they are reshaped to.
+    (N, height, width, C) NHWC they are reshaped to. ``blocked`` names the tensor the network computes on
+    where ``tensor`` is only its NCHW copy beside the path to the output (see :func:`blocked_source`).
     """
 
     tensor: str
@@ -43,6 +44,7 @@ class Layer:
     aliases: tuple[str, ...] = ()
     layout: str = "NCHW"
     tokens: Optional[TokenGrid] = None
+    blocked: Optional[str] = None
 
     @property
     def display_name(self) -> str:
@@ -149,10 +151,12 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
     by_name = {alias: tensor for tensor, aliases in names.items() for alias in aliases}
     info = metadata.layers.get(spec)
     tensor = info.tensor if info else by_name.get(spec, spec)
-    if tensor in view.ancestors([output]) and view.is_float(tensor):
+    on_path = view.ancestors([output])
+    blocked = None if tensor in on_path else blocked_source(view, tensor)
+    if (tensor in on_path or blocked in on_path) and view.is_float(tensor):
         layer = make_layer(view, tensor, names, tensor_layouts(view, metadata), tokens)
         if layer is not None:
-            return layer
+            return replace(layer, blocked=blocked)
         wanted = "(N, tokens, C)" if tokens else "rank-4 activation (N, C, H, W) or (N, H, W, C)"
         raise ValueError(f"layer {spec!r} (tensor {tensor!r}) has shape {view.shape(tensor)}; a CAM needs a {wanted}"
                          + ("" if tokens else "; for transformer tokens give a TokenGrid"))
@@ -164,9 +168,26 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
                                 f"the graph; use {kept!r} (tensor {tensor!r}).")
     known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
                    | set(metadata.layers) | set(by_name))
+    if tensor not in on_path and (tensor in view.producer or tensor in view.input_names):
+        raise UnknownLayerError(f"layer {spec!r} (tensor {tensor!r}) is not on the path to output {output!r}: the "
+                                "output is not computed from it, so its gradient would be zero; name a tensor "
+                                "the output is computed from.")
     close = difflib.get_close_matches(spec, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownLayerError(f"no layer named {spec!r} on the path to output {output!r}.{hint}")
+
+
+def blocked_source(view: GraphView, tensor: str) -> Optional[str]:
+    """The blocked tensor ``tensor`` is an NCHW copy of, where ONNX Runtime's ORT_ENABLE_ALL optimiser left
+    it as a ``ReorderOutput`` beside the network, which runs on the blocked (NCHWc) tensor: the layer's
+    gradient is the blocked tensor's, reordered the same way."""
+    producer = view.producer.get(tensor)
+    if producer is None or producer.op_type != "ReorderOutput" or producer.domain != BLOCKED_DOMAIN:
+        return None
+    return producer.input[0]
+
+
+BLOCKED_DOMAIN = "com.microsoft.nchwc"
 
 
 class UnknownLayerError(ValueError):
