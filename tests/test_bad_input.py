@@ -256,8 +256,8 @@ def test_an_empty_layer_list_is_refused_when_the_explainer_is_made():
 def test_a_layer_the_output_is_not_computed_from_is_named_so():
     weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32) / 27, "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["y"]),
-             helper.make_node("Sigmoid", ["r"], ["side"])]
+             helper.make_node("Relu", ["conv"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["y"]), helper.make_node("Sigmoid", ["r"], ["side"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
                                helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
