@@ -149,7 +149,8 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
                         help="class to explain for every image (default: each image's top class)")
     parser.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="resize images to H W (default: from the model's metadata or its input shape; a "
-                             "fixed-size model takes its own size only)")
+                             "fixed-size model takes its own size only; a model of any size, none given, "
+                             "explains each image at its own size)")
     parser.add_argument("--mean", type=_finite, nargs="+", metavar="M",
                         help="mean subtracted after scaling pixels to [0, 1]: one per channel, or one for all "
                              "(default: metadata, else 0)")

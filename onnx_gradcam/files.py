@@ -115,16 +115,15 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
     An image that cannot be read or explained fails with its reason; with ``keep_going`` the rest go on,
     without it the run stops there and the inputs after it are skipped. A file given twice (links resolved)
     is explained once. ``overlay_size``: ``original`` (the map resized to the image as read) or ``model``
-    (the image resized to the model's input). Maps (.npy) are at the model's input size.
+    (the image resized to the model's input). Maps (.npy) are at the model's input size. A model of symbolic
+    image size, with no size given, explains each image at its own size: batches are formed of consecutive
+    images of the same size.
     """
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: explain at least 1 image per run")
     if overlay_size not in OVERLAY_SIZES:
         raise ValueError(f"overlay size {overlay_size!r}: use {' or '.join(OVERLAY_SIZES)}")
     preprocessing = preprocessing or preprocessing_for(explainer)
-    if preprocessing.size is None:
-        raise ValueError("the model's input size is not fixed: give the size to resize images to "
-                         "(--size H W on the command line)")
     output_folder(out_dir)
     writer = _Writer(explainer, images, out_dir, preprocessing, alpha, colormap, overlay_size)
     outcomes = _outcomes(writer, batch_size, keep_going, progress, targets, aug_smooth)
@@ -142,6 +141,9 @@ def _outcomes(writer: "_Writer", batch_size: int, keep_going: bool, progress: bo
     for index, read in enumerate(_read(images)):
         new = {index: read} if isinstance(read, Outcome) else {}
         if not new:
+            if pending and not writer.batches_with(pending[0][1], read):
+                new.update(_explain_pending(writer, pending, targets, aug_smooth))
+                pending = []
             pending.append((index, read))
         stop = not keep_going and _first_failure(new) is not None
         if pending and (len(pending) == batch_size or index == len(images) - 1 or stop):
@@ -198,6 +200,10 @@ class _Writer:
         self.alpha, self.colormap, self.overlay_size = alpha, colormap, overlay_size
         self.names = output_names(images)
         self.kind = score_kind(explainer)
+
+    def batches_with(self, picture, other) -> bool:
+        """Whether two pictures can share a batch: always at a fixed size, else when their sizes are equal."""
+        return self.preprocessing.size is not None or picture.size == other.size
 
     def write(self, index: int, picture, result, row: int) -> Outcome:
         """Input ``index``'s overlay and map (row ``row`` of ``result``) and its summary row."""

@@ -10,9 +10,10 @@ from onnx import helper, numpy_helper
 SIZE, FEATURES, CLASSES = 16, 4, 3
 
 
-def classifier(channels: int = 3, softmax: bool = False, seed: int = 0) -> onnx.ModelProto:
-    """Input ``image`` (N, channels, 16, 16); layer ``features`` (N, 4, 16, 16); output ``scores`` (N, 3),
-    probabilities with ``softmax``, else logits."""
+def classifier(channels: int = 3, softmax: bool = False, seed: int = 0, symbolic_size: bool = False
+               ) -> onnx.ModelProto:
+    """Input ``image`` (N, channels, 16, 16), or (N, channels, height, width) with ``symbolic_size``; layer
+    ``features`` (N, 4, H, W); output ``scores`` (N, 3), probabilities with ``softmax``, else logits."""
     rng = np.random.default_rng(seed)
     weights = [numpy_helper.from_array(rng.normal(size=(FEATURES, channels, 3, 3)).astype(np.float32), "w"),
                numpy_helper.from_array(rng.normal(size=FEATURES).astype(np.float32) * 0.1, "b"),
@@ -25,7 +26,8 @@ def classifier(channels: int = 3, softmax: bool = False, seed: int = 0) -> onnx.
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["scores"], axis=1, name="softmax"))
     graph = helper.make_graph(
-        nodes, "small", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", channels, SIZE, SIZE])],
+        nodes, "small", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                       ["N", channels, *(("height", "width") if symbolic_size else (SIZE, SIZE))])],
         [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", CLASSES])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from PIL import Image
 
+import small_models
 import tiny_cnn
 from onnx_gradcam import Explainer
 from onnx_gradcam.cli import main
@@ -164,3 +165,28 @@ def test_export_precision_of_a_float16_model(tmp_path, precision, twinned):
                  "--precision", precision]) == 0
     nodes = onnx.load(tmp_path / "explainer.onnx").graph.node
     assert any(node.name.endswith("/float32") for node in nodes) == twinned
+
+
+def test_a_model_of_any_size_explains_a_folder_of_mixed_sizes_without_resizing(tmp_path):
+    """Each image at its own size (maps and overlays too); consecutive images of one size share a batch, and
+    the maps equal explaining each image alone."""
+    model = tmp_path / "any_size.onnx"
+    onnx.save(small_models.classifier(symbolic_size=True), model)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = {"a.png": (20, 12), "b.png": (20, 12), "c.png": (9, 31), "d.png": (20, 12)}
+    rng = np.random.default_rng(0)
+    for name, (height, width) in sizes.items():
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(folder / name)
+    out = tmp_path / "out"
+    assert main(["explain", str(model), str(folder), "--out", str(out), "--batch-size", "4", "--layer",
+                 "features"]) == 0
+    rows = json.loads((out / "summary.json").read_text())["images"]
+    assert [row["status"] for row in rows] == ["explained"] * 4
+    explainer = Explainer(str(model), layer="features", providers="CPUExecutionProvider")
+    for name, size in sizes.items():
+        cam = np.load(out / f"{name}_cam.npy")
+        assert cam.shape == size and np.ptp(cam) > 0.5
+        pixels = np.asarray(Image.open(folder / name), np.float32).transpose(2, 0, 1)[None] / 255
+        np.testing.assert_allclose(cam, explainer(pixels).cams[0], atol=1e-6)
+        assert Image.open(out / f"{name}_cam.png").size == size[::-1]
