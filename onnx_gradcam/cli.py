@@ -221,19 +221,31 @@ def _number(text: str, kind: type):
 
 
 def _layers(args) -> int:
-    layers, default, _ = layers_and_default(args.model, args.output)
+    layers, default, _, where = layers_and_default(args.model, args.output)
     if default is None:
         print("no candidate layers")
         return 0
     chosen = default.tensor
     rows = [("*" if layer.tensor == chosen else "", layer.tensor, layer.op, "x".join(str(d) for d in layer.shape),
-             layer.name or "", layer.layout) for layer in layers]
-    header = ("", "tensor", "op", "shape", "framework name", "layout")
+             layer.name or "", layer.layout, where[layer.tensor].depth, _stride(where[layer.tensor].stride),
+             _place(where[layer.tensor])) for layer in layers]
+    header = ("", "tensor", "op", "shape", "framework name", "layout", "depth", "stride", "place")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
     print(f"* default (layer='auto'): {chosen}")
     return 0
+
+
+def _stride(stride) -> str:
+    return "" if stride is None else f"{stride:g}"
+
+
+def _place(place) -> str:
+    """A place as the layers table shows it: its kind, and for a branch where it rejoins and what to use."""
+    if place.merge is None:
+        return place.kind
+    return f"{place.kind} (rejoins at {place.merge}; block output {place.use_instead})"
 
 
 def _explain(args) -> int:
