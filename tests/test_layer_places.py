@@ -4,6 +4,7 @@ use instead), or a branch before another merge (a concatenation)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -70,3 +71,32 @@ def test_the_layers_command_shows_each_place(tmp_path, capsys):
     assert "place" in table.splitlines()[0] and "stride" in table.splitlines()[0]
     row = next(line for line in table.splitlines() if "layer3.1.bn2" in line)
     assert "inside a residual branch (rejoins at" in row and "block output layer3.1)" in row
+
+
+def test_a_keras_functional_models_merges_are_cuts_and_their_inputs_branches(tmp_path):
+    """Two convolutions concatenated, a convolution, then a residual convolution added back: both merges
+    are cuts; the concatenated convolutions are branches before the Concat, the added one lies in a residual
+    branch whose block output is the Add."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    from keras import layers
+
+    from converters.keras import export as export_keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((16, 16, 3), name="image")
+    left = layers.Conv2D(4, 3, padding="same", activation="relu", name="left")(image)
+    right = layers.Conv2D(4, 1, activation="relu", name="right")(image)
+    concat = layers.Concatenate(name="concat")([left, right])
+    trunk = layers.Conv2D(6, 3, padding="same", activation="relu", name="trunk")(concat)
+    branch = layers.Conv2D(6, 3, padding="same", name="branch")(trunk)
+    added = layers.Add(name="add")([trunk, branch])
+    logits = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D(name="pool")(added))
+    path = str(tmp_path / "merges.onnx")
+    names = ["left", "right", "concat", "trunk", "branch", "add"]
+    export_keras(keras.Model(image, logits), path, layers=names)
+    layers_, where = _by_name(path), layer_places(path)
+    kinds = {name: where[layers_[name].tensor].kind for name in names}
+    assert kinds == {"left": BRANCH, "right": BRANCH, "concat": CUT, "trunk": CUT, "branch": RESIDUAL, "add": CUT}
+    assert where[layers_["branch"].tensor].use_instead == "add"
+    assert where[layers_["left"].tensor].use_instead == "concat"
