@@ -47,7 +47,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from onnx_gradcam import metadata
 
-from onnx_gradcam.graph.saving import PROTOBUF_LIMIT, check_structure, save_streamed, weight_bytes
+from onnx_gradcam.graph.saving import check_structure, save_model
 
 MARKER_OP = "CheckNumerics"
 MARKER_DOMAIN = "onnx_gradcam.layer_marker"
@@ -109,10 +109,7 @@ def _save_checked(model: onnx.ModelProto, path: str) -> None:
     2 GiB limit is written with its weights as external data in ``path + ".data"``.
     """
     check_structure(model)
-    if weight_bytes(model) > PROTOBUF_LIMIT:
-        onnx.save(model, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
-    else:
-        save_streamed(model, path)
+    save_model(model, path)
 
 
 # --- naming layers -----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import onnx
 
 from .graph import weights
 from .graph.model import ModelLike, load_model
-from .graph.saving import PROTOBUF_LIMIT, save_streamed, weight_bytes
+from .graph.saving import save_model
 from .runtime import has_float16_weights, make_session
 from .writing import atomic, refuse_inputs
 
@@ -88,10 +88,7 @@ class SessionCache:
         complete.CopyFrom(model)
         self._detached.attach(complete)
         with atomic(os.fspath(path)) as staged:
-            if weight_bytes(complete) > PROTOBUF_LIMIT:
-                onnx.save(complete, staged, save_as_external_data=True)
-            else:
-                save_streamed(complete, staged)
+            save_model(complete, staged)
 
     def _make(self, model: onnx.ModelProto):
         """A session over ``model``, from a file that reads the detached weights where it has placeholders."""

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from ..metadata import Metadata
 from .default_layer import default_layer
-from .layout import guess_input_layout, infer_layouts
+from .layout import NCHWC, guess_input_layout, infer_layouts
 from .tf_names import is_tf2onnx, tf2onnx_layer_names
 from .torch_names import module_scopes
 from .view import Dim, GraphView
@@ -166,12 +166,12 @@ def resolve_layer(view: GraphView, spec: str, output: str, candidates: Sequence[
         raise UnknownLayerError(f"layer {spec!r} was fused away by the exporter: its op was merged with {kept!r} "
                                 f"after it (a BatchNorm folded into its Conv), so only their joint output is in "
                                 f"the graph; use {kept!r} (tensor {tensor!r}).")
-    known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
-                   | set(metadata.layers) | set(by_name))
     if tensor not in on_path and (tensor in view.producer or tensor in view.input_names):
         raise UnknownLayerError(f"layer {spec!r} (tensor {tensor!r}) is not on the path to output {output!r}: the "
                                 "output is not computed from it, so its gradient would be zero; name a tensor "
                                 "the output is computed from.")
+    known = sorted({n for layer in candidates for n in (layer.tensor, layer.name, *layer.aliases) if n}
+                   | set(metadata.layers) | set(by_name))
     close = difflib.get_close_matches(spec, known, n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownLayerError(f"no layer named {spec!r} on the path to output {output!r}.{hint}")
@@ -182,12 +182,9 @@ def blocked_source(view: GraphView, tensor: str) -> Optional[str]:
     it as a ``ReorderOutput`` beside the network, which runs on the blocked (NCHWc) tensor: the layer's
     gradient is the blocked tensor's, reordered the same way."""
     producer = view.producer.get(tensor)
-    if producer is None or producer.op_type != "ReorderOutput" or producer.domain != BLOCKED_DOMAIN:
+    if producer is None or producer.op_type != "ReorderOutput" or producer.domain != NCHWC:
         return None
     return producer.input[0]
-
-
-BLOCKED_DOMAIN = "com.microsoft.nchwc"
 
 
 class UnknownLayerError(ValueError):

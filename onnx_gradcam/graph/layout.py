@@ -13,6 +13,8 @@ from typing import Optional
 
 from .view import GraphView
 
+NCHWC = "com.microsoft.nchwc"
+"""The domain of ONNX Runtime's blocked-layout ops (ORT_ENABLE_ALL: Conv, pools, ReorderInput/Output)."""
 CHANNELS_FIRST_OPS = frozenset({
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
     "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "GroupNormalization", "LRN",

@@ -14,9 +14,10 @@ import os
 import tempfile
 from typing import BinaryIO
 
-import numpy as np
 import onnx
 from google.protobuf.message import Message
+
+from .weights import tensor_bytes
 
 MODEL_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 GRAPH_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
@@ -44,11 +45,19 @@ def save_streamed(model: onnx.ModelProto, path: str) -> None:
             out.write(tensor.SerializeToString())
 
 
+def save_model(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` with no second copy of its weights: one weight at a time, or, past
+    protobuf's 2 GiB limit, with the weights as external data in ``path + ".data"``."""
+    if weight_bytes(model) > PROTOBUF_LIMIT:
+        onnx.save(model, path, save_as_external_data=True, location=os.path.basename(path) + ".data")
+    else:
+        save_streamed(model, path)
+
+
 def weight_bytes(model: onnx.ModelProto) -> int:
     """The size of the initializers' data, from their types and shapes. Not ``model.ByteSize()``: under
     protobuf's upb runtime that serializes the whole model to count it (460 MB for Keras ResNet152)."""
-    return sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-               for t in model.graph.initializer if t.data_type != onnx.TensorProto.STRING)
+    return sum(tensor_bytes(t) for t in model.graph.initializer if t.data_type != onnx.TensorProto.STRING)
 
 
 def check_structure(model: onnx.ModelProto) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+
 import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
@@ -67,7 +68,7 @@ class DetachedWeights:
         with open(self._data_path, "wb") as data:
             for tensor in model.graph.initializer:
                 if (tensor.data_location == TensorProto.EXTERNAL or tensor.data_type == TensorProto.STRING
-                        or _nbytes(tensor) < min_bytes):
+                        or tensor_bytes(tensor) < min_bytes):
                     continue
                 data.seek(-data.tell() % ALIGNMENT, os.SEEK_CUR)
                 payload = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
@@ -113,7 +114,8 @@ def placeholders(model: ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if _is_placeholder(t)]
 
 
-def _nbytes(tensor: TensorProto) -> int:
+def tensor_bytes(tensor: TensorProto) -> int:
+    """The size of a tensor's data, from its type and shape (its data need not be here)."""
     size = int(np.prod(tensor.dims)) if tensor.dims else 1
     return size * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 

@@ -21,12 +21,12 @@ from typing import Callable, Optional
 from onnx import helper
 
 from ...graph.builder import node_attributes
+from ...graph.layout import NCHWC
 from ...graph.view import Dim
 from ..context import GradContext, Step
 from ..registry import RULES, rule
 
 MICROSOFT = "com.microsoft"
-NCHWC = "com.microsoft.nchwc"
 
 
 # --- running standard rules on synthetic nodes ---------------------------------------------------------------
