@@ -1,16 +1,18 @@
 """CAM cost against plain inference, side by side in one run.
 
 The same ResNet-50 (random weights) and batch, timed as: plain ONNX Runtime inference; this project's
-Grad-CAM at the default layer and at ``layer3`` and Grad-CAM++; pytorch-grad-cam's ``GradCAM`` and
+Grad-CAM at the default layer, at ``layer3`` and at every candidate layer in one pass (``layer="all"``, 119 maps) and
+Grad-CAM++; pytorch-grad-cam's ``GradCAM`` and
 ``GradCAMPlusPlus`` (and plain torch inference for reference). A second table times the perturbation
 methods, Score-CAM and Ablation-CAM, against pytorch-grad-cam's, with the same batch of perturbed inputs
-per run (32) and a smaller image batch (each image costs 2048 perturbed runs at layer4). Runs are interleaved round-robin so machine noise hits every row alike, and no runtime
+per run (32) and a smaller image batch (each image costs 2048 perturbed runs at layer4). Runs are interleaved
+round-robin so machine noise hits every row alike, and no runtime
 spins its threads between calls (ONNX Runtime's allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch) so one
 row's idle threads do not slow the next. The table gives medians and ratios to ONNX Runtime inference.
 Peak memory is measured per row in a fresh subprocess: the peak RSS (VmHWM, reset after set-up) minus
 the RSS once the libraries are imported and the inputs made; the median of three such processes.
 
-    python benchmarks/bench_gradcam.py [--batch 8] [--repeats 20] [--perturbation-batch 1]
+    python benchmarks/bench_gradcam.py [--batch 8] [--repeats 20] [--perturbation-batch 1] [--rows a,b,...]
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import sys
 import tempfile
 import time
 
-ROWS = ["ort-inference", "gradcam-default", "gradcam-layer3", "gradcam++", "torch-inference", "pytorch-grad-cam",
-        "pytorch-gradcam++"]
+ROWS = ["ort-inference", "gradcam-default", "gradcam-layer3", "gradcam-all-layers", "gradcam++", "torch-inference",
+        "pytorch-grad-cam", "pytorch-gradcam++"]
 PERTURBATION_ROWS = ["ort-inference", "scorecam", "pytorch-scorecam", "ablationcam", "pytorch-ablationcam"]
 OURS = {"gradcam-default": ("gradcam", "auto"), "gradcam-layer3": ("gradcam", "layer3"),
+        "gradcam-all-layers": ("gradcam", "all"),
         "gradcam++": ("gradcam++", "auto"), "scorecam": ("scorecam", "auto"), "ablationcam": ("ablationcam", "auto")}
 PEERS = {"pytorch-grad-cam": "GradCAM", "pytorch-gradcam++": "GradCAMPlusPlus", "pytorch-scorecam": "ScoreCAM",
          "pytorch-ablationcam": "AblationCAM"}
@@ -128,6 +131,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--perturbation-batch", type=int, default=1)
     parser.add_argument("--perturbation-repeats", type=int, default=1)
+    parser.add_argument("--rows", help="only these rows (comma-separated; ort-inference, the baseline, is always "
+                        "run); the perturbation table runs when one of its rows is named")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,27 +146,43 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="bench-gradcam-")
     path = os.path.join(workdir, "resnet50.onnx")
     _export(path, args.batch)
-    times = _interleaved(ROWS, path, args.batch, args.repeats)
-    memory = {row: statistics.median(_peak_mb(row, path, args.batch) for _ in range(MEMORY_RUNS)) for row in ROWS}
+    rows, perturbation_rows = (_chosen(table, args.rows) for table in (ROWS, PERTURBATION_ROWS))
+    times = _interleaved(rows, path, args.batch, args.repeats)
+    memory = {row: statistics.median(_peak_mb(row, path, args.batch) for _ in range(MEMORY_RUNS)) for row in rows}
 
     base_time = statistics.median(times["ort-inference"])
     base_memory = memory["ort-inference"]
     print(f"ResNet-50, random weights, batch {args.batch}, 224x224, {os.cpu_count()} CPU threads, "
           f"{args.repeats} interleaved repeats")
     print(f"{'row':<22}{'median ms':>12}{'x ORT inf.':>12}{'peak MB':>10}{'x ORT inf.':>12}")
-    for row in ROWS:
+    for row in rows:
         median = statistics.median(times[row])
         print(f"{row:<22}{median * 1000:>12.1f}{median / base_time:>12.2f}{memory[row]:>10.0f}"
               f"{memory[row] / base_memory:>12.2f}")
+    if len(perturbation_rows) > 1:
+        _perturbation_table(path, args, perturbation_rows)
 
+
+def _chosen(table: list[str], rows) -> list[str]:
+    """The rows of ``table`` asked for (all without ``--rows``), the baseline first."""
+    if rows is None:
+        return table
+    wanted = set(rows.split(","))
+    unknown = wanted - set(ROWS) - set(PERTURBATION_ROWS)
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; known: {ROWS + PERTURBATION_ROWS[1:]}")
+    return [row for row in table if row == "ort-inference" or row in wanted]
+
+
+def _perturbation_table(path: str, args, rows: list[str]) -> None:
     batch = args.perturbation_batch
     # Each call here takes tens of seconds: set-up (a session or two) is lost in it, so no warm-up call.
-    times = _interleaved(PERTURBATION_ROWS, path, batch, args.perturbation_repeats, warm_up=False)
+    times = _interleaved(rows, path, batch, args.perturbation_repeats, warm_up=False)
     base_time = statistics.median(times["ort-inference"])
     print(f"\nPerturbation methods at layer4 (2048 channels): batch {batch}, {PERTURBED_PER_RUN} perturbed inputs "
           f"per run, {args.perturbation_repeats} interleaved repeats")
     print(f"{'row':<22}{'median s':>12}{'x ORT inf.':>12}")
-    for row in PERTURBATION_ROWS:
+    for row in rows:
         median = statistics.median(times[row])
         print(f"{row:<22}{median:>12.2f}{median / base_time:>12.1f}")
 

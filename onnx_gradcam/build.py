@@ -25,6 +25,7 @@ CLASS_INPUT = "target_class"
 SEED_INPUT = "target_seed"
 IMAGE_SIZE_INPUT = "image_size"
 CAM_OUTPUT = "cam"
+LAYER_CAM_OUTPUT = "cam/{}"
 CLASS_OUTPUT = "explained_class"
 
 
@@ -43,6 +44,7 @@ class ExplainerModel:
     contributions: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     cam: Optional[str] = None
+    layer_cams: list[str] = field(default_factory=list)
     class_output: Optional[str] = None
 
 
@@ -142,7 +144,11 @@ def _maps_step(b: NodeBuilder, io: _Interface, subject: Subject, built: Explaine
         raws.append(raw)
     if raws:
         size, image_hw = _image_size_step(b, io, subject, built)
-        built.cam = io.add_output(b, maps.finish(b, raws, size), CAM_OUTPUT, maps.CAM_TYPE, [batch, *image_hw])
+        cam, layer_cams = maps.finish(b, raws, size)
+        built.cam = io.add_output(b, cam, CAM_OUTPUT, maps.CAM_TYPE, [batch, *image_hw])
+        built.layer_cams = [built.cam] if len(raws) == 1 else [
+            io.add_output(b, layer_cam, LAYER_CAM_OUTPUT.format(layer.tensor), maps.CAM_TYPE, [batch, *image_hw])
+            for layer, layer_cam in zip(subject.layers, layer_cams)]
 
 
 def _image_size_step(b: NodeBuilder, io: _Interface, subject: Subject, built: ExplainerModel):

@@ -43,8 +43,10 @@ class Explainer:
     Args:
         model: a path, serialized bytes or ``onnx.ModelProto``. It is copied, never modified.
         layer: ``"auto"`` (the last rank-4 activation before the spatial dims are pooled away), a framework
-            layer name (PyTorch module path, Keras layer name) or a tensor name; or a list of these, whose maps
-            are averaged into one.
+            layer name (PyTorch module path, Keras layer name) or a tensor name; or a list of these, or
+            ``"all"`` (every candidate of :func:`~onnx_gradcam.list_layers`). Several layers are computed from
+            one forward and one backward pass: ``cams`` is their maps averaged into one (as pytorch-grad-cam
+            does), ``layer_cams`` each layer's own.
         method: the CAM method: ``gradcam``, ``hirescam``, ``gradcam-elementwise``, ``gradcam++``, ``xgradcam``,
             ``layercam`` (computed inside the explainer model), ``eigencam``, ``eigengradcam``, ``scorecam``,
             ``ablationcam`` (on the host, around ONNX Runtime sessions).
@@ -184,10 +186,13 @@ class Explainer:
                 if flip:
                     result.cams = np.flip(result.cams, -1)
                     result.raw = {key: np.flip(value, -1) for key, value in result.raw.items()}
+                    result.layer_cams = {key: np.flip(value, -1) for key, value in result.layer_cams.items()}
                 runs.append(result)
         plain = runs[AUG_FACTORS.index(1.0)]
         plain.cams = np.mean([r.cams for r in runs], axis=0).astype(plain.cams.dtype)
         plain.raw = {key: np.mean([r.raw[key] for r in runs], axis=0) for key in plain.raw}
+        plain.layer_cams = {key: np.mean([r.layer_cams[key] for r in runs], axis=0).astype(plain.cams.dtype)
+                            for key in plain.layer_cams}
         return plain
 
     def _target(self, targets: Targets, feeds: Mapping[str, np.ndarray]) -> TargetFeed:

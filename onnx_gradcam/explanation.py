@@ -15,8 +15,11 @@ class Explanation:
     """What one call of an :class:`Explainer` returns.
 
     ``cams``: (N, H, W) float32 maps in [0, 1] at the input's resolution; ``raw``: per layer (keyed by the
-    name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before upsampling and normalisation; ``outputs``:
+    name the user gave, "auto" by the layer's own name), the (N, h, w) maps at the layer's resolution before
+    upsampling and normalisation; ``outputs``:
     the model's own outputs by name; ``classes``: the class explained for each image (None for seed targets).
+    ``layer_cams``: per layer (keyed as ``raw``), the layer's own (N, H, W) map: what a call at that layer
+    alone returns as ``cams`` (``cams`` itself is their mean, normalised again).
     ``nonfinite``: (N,) bool, the images holding NaN or inf that ``on_nonfinite="warn"`` let through unexplained:
     their rows of ``cams``, ``raw`` and float outputs are NaN, their ``classes`` -1.
     """
@@ -26,12 +29,14 @@ class Explanation:
     outputs: dict[str, np.ndarray]
     classes: Optional[np.ndarray]
     layers: list[Layer] = field(default_factory=list)
+    layer_cams: dict[str, np.ndarray] = field(default_factory=dict)
     nonfinite: Optional[np.ndarray] = None
 
     def blank(self, nonfinite: np.ndarray) -> "Explanation":
         """Marks the ``nonfinite`` images (N,) bool and sets their rows to NaN (-1 in signed integer arrays):
         they were explained from stand-ins, so nothing in their rows may be read as theirs."""
-        for values in (self.cams, *self.raw.values(), *self.outputs.values(), self.classes):
+        for values in (self.cams, *self.raw.values(), *self.layer_cams.values(), *self.outputs.values(),
+                       self.classes):
             if values is not None and values.dtype.kind in "fci":
                 values[nonfinite] = np.nan if values.dtype.kind in "fc" else -1
         self.nonfinite = nonfinite
@@ -76,7 +81,8 @@ def join(parts: list) -> Explanation:
     return Explanation(cams=cat([p.cams for p in parts]),
                        raw={key: cat([p.raw[key] for p in parts]) for key in first.raw},
                        outputs={key: cat([p.outputs[key] for p in parts]) for key in first.outputs},
-                       classes=cat([p.classes for p in parts]), layers=first.layers)
+                       classes=cat([p.classes for p in parts]), layers=first.layers,
+                       layer_cams={key: cat([p.layer_cams[key] for p in parts]) for key in first.layer_cams})
 
 
 def join_gradients(parts: list[dict[str, LayerGradients]]) -> dict[str, LayerGradients]:

@@ -23,6 +23,7 @@ from .targets import Seeding, TargetFeed
 
 IMAGE_SIZE = "image_size"
 CAM = "cam"
+LAYER_CAM = "cam_{}"
 
 
 class OnHost:
@@ -61,10 +62,11 @@ class OnHost:
                     score_activations=self._activation_scorer(layer, values[layer.tensor], feeds, seeds),
                     per_run=self.perturbations_per_run, eigen_smooth=self.eigen_smooth))
             raws.append(_finite(raw, self.method, self.subject.keys[index]))
-        return Explanation(cams=self._finish(raws, self.subject.image_size(feeds)),
-                           raw=dict(zip(self.subject.keys, raws)),
+        cams, layer_cams = self._finish(raws, self.subject.image_size(feeds))
+        return Explanation(cams=cams, raw=dict(zip(self.subject.keys, raws)),
                            outputs={name: values[name] for name in built.model_outputs},
-                           classes=values.get(built.class_output), layers=list(self.subject.layers))
+                           classes=values.get(built.class_output), layers=list(self.subject.layers),
+                           layer_cams=dict(zip(self.subject.keys, layer_cams)))
 
     def _image_scorer(self, feeds: Mapping[str, np.ndarray], seeds: np.ndarray):
         """Scores of masked copies of one image, from the model restricted to the explained output."""
@@ -104,27 +106,35 @@ class OnHost:
             self._heads[layer.tensor] = cut_head_at(self.subject.view, [layer], self.subject.output)
         return self._heads[layer.tensor]
 
-    def _finish(self, raws: list[np.ndarray], size) -> np.ndarray:
-        """Host maps through the same post-processing as the explainer model's (a small ONNX model)."""
+    def _finish(self, raws: list[np.ndarray], size) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Host maps through the same post-processing as the explainer model's (a small ONNX model): (the
+        final map, each layer's own)."""
         dtype = np.result_type(*raws, np.float32)
         key = SessionKey(Kind.MAPS, (len(raws), dtype.str))
         feeds = {f"raw_{i}": raw.astype(dtype) for i, raw in enumerate(raws)}
-        values = self.sessions.run(key, lambda: _maps_model(len(raws), dtype), [CAM],
+        names = [CAM] if len(raws) == 1 else [CAM, *(LAYER_CAM.format(i) for i in range(len(raws)))]
+        values = self.sessions.run(key, lambda: _maps_model(len(raws), dtype), names,
                                    {**feeds, IMAGE_SIZE: np.asarray(size, np.int64)})
-        return values[CAM]
+        return values[CAM], [values[name] for name in names[-len(raws):]]
 
 
 def _maps_model(count: int, dtype: np.dtype) -> onnx.ModelProto:
-    """raw_0 .. raw_<count-1> (N, h, w) and image_size (H, W) -> cam (N, H, W) float32, as in the explainer
-    model."""
+    """raw_0 .. raw_<count-1> (N, h, w) and image_size (H, W) -> cam (N, H, W) float32 and, for several layers,
+    cam_0 .. cam_<count-1>, each layer's own, as in the explainer model."""
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     names = [f"raw_{i}" for i in range(count)]
-    b = NodeBuilder([*names, IMAGE_SIZE, CAM], {name: elem_type for name in names}.get)
-    b.rename(maps.finish(b, names, IMAGE_SIZE), CAM)
+    outputs = [CAM] if count == 1 else [CAM, *(LAYER_CAM.format(i) for i in range(count))]
+    b = NodeBuilder([*names, IMAGE_SIZE, *outputs], {name: elem_type for name in names}.get)
+    cam, layer_cams = maps.finish(b, names, IMAGE_SIZE)
+    b.rename(cam, CAM)
+    if count > 1:
+        for index, layer_cam in enumerate(layer_cams):
+            b.rename(layer_cam, LAYER_CAM.format(index))
     graph = onnx.helper.make_graph(
         b.nodes, "maps",
-        [tensor_info(n, elem_type, ["N", None, None]) for n in names] + [tensor_info(IMAGE_SIZE, onnx.TensorProto.INT64, [2])],
-        [tensor_info(CAM, maps.CAM_TYPE, ["N", None, None])], initializer=b.initializers)
+        [tensor_info(n, elem_type, ["N", None, None]) for n in names]
+        + [tensor_info(IMAGE_SIZE, onnx.TensorProto.INT64, [2])],
+        [tensor_info(name, maps.CAM_TYPE, ["N", None, None]) for name in outputs], initializer=b.initializers)
     return set_ir_version(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
 
 

@@ -19,11 +19,13 @@ class InGraph:
         self.models = models
 
     def explain(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> Explanation:
-        built, values = self.models.run(feeds, target, lambda b: [*b.model_outputs, *b.raw, b.cam] +
-                                        ([b.class_output] if b.class_output else []))
-        return Explanation(cams=values[built.cam], raw=dict(zip(self.models.subject.keys, (values[r] for r in built.raw))),
+        built, values = self.models.run(feeds, target, lambda b: list(dict.fromkeys(
+            [*b.model_outputs, *b.raw, b.cam, *b.layer_cams] + ([b.class_output] if b.class_output else []))))
+        keys = self.models.subject.keys
+        return Explanation(cams=values[built.cam], raw=dict(zip(keys, (values[r] for r in built.raw))),
                            outputs={name: values[name] for name in built.model_outputs},
-                           classes=values.get(built.class_output), layers=list(self.models.subject.layers))
+                           classes=values.get(built.class_output), layers=list(self.models.subject.layers),
+                           layer_cams=dict(zip(keys, (values[name] for name in built.layer_cams))))
 
     def gradients(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> dict[str, LayerGradients]:
         """Per layer (keyed as given): its activations and d(target)/d(activations)."""

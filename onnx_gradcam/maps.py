@@ -60,7 +60,12 @@ def combine(b: NodeBuilder, per_layer: Sequence[str]) -> str:
     return min_max(b, b.op("ReduceMean", stacked, b.ints([0]), keepdims=0))
 
 
-def finish(b: NodeBuilder, raws: Sequence[str], size: str) -> str:
-    """Raw maps of one or more layers -> the final (N, H, W) float32 map: each normalised and upsampled, then
-    combined."""
-    return combine(b, [upsample(b, b.cast(min_max(b, raw), CAM_TYPE), size) for raw in raws])
+def finish(b: NodeBuilder, raws: Sequence[str], size: str) -> tuple[str, list[str]]:
+    """Raw maps of one or more layers -> (the final (N, H, W) float32 map, each layer's own final map): each
+    normalised and upsampled, then combined. A layer's own map is what a call at that layer alone gives; with
+    one layer it is the final map itself."""
+    upsampled = [upsample(b, b.cast(min_max(b, raw), CAM_TYPE), size) for raw in raws]
+    if len(upsampled) == 1:
+        cam = combine(b, upsampled)
+        return cam, [cam]
+    return combine(b, upsampled), [min_max(b, m) for m in upsampled]

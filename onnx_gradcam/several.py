@@ -46,7 +46,7 @@ class SeveralPerImage:
         boundary = self.sessions.run(SessionKey(Kind.BODY, tuple(head.inputs)),
                                      lambda: with_outputs(view, head.inputs), head.inputs, feeds)
         repeated = {name: np.repeat(value, count, axis=0) for name, value in boundary.items()}
-        names = [*explainer.raw, explainer.cam, explainer.class_output]
+        names = list(dict.fromkeys([*explainer.raw, explainer.cam, *explainer.layer_cams, explainer.class_output]))
         results = self.sessions.run(SessionKey(Kind.HEAD, ("explainer", *head.inputs)), lambda: explainer.model,
                                     names, {**repeated, explainer.target_input: target.values,
                                             explainer.image_size_input: np.asarray(self.subject.image_size(feeds),
@@ -55,9 +55,11 @@ class SeveralPerImage:
         def split(values: np.ndarray) -> np.ndarray:
             return values.reshape(batch, count, *values.shape[1:])
 
+        keys = self.subject.keys
         return Explanation(cams=split(results[explainer.cam]),
-                           raw={key: split(results[name]) for key, name in zip(self.subject.keys, explainer.raw)},
-                           outputs={}, classes=split(results[explainer.class_output]), layers=list(self.subject.layers))
+                           raw={key: split(results[name]) for key, name in zip(keys, explainer.raw)},
+                           outputs={}, classes=split(results[explainer.class_output]), layers=list(self.subject.layers),
+                           layer_cams={key: split(results[name]) for key, name in zip(keys, explainer.layer_cams)})
 
     def _parts(self) -> tuple[Head, ExplainerModel]:
         """The cut-out head and its explainer model, built on first use."""

@@ -64,11 +64,17 @@ def resolve_subject(view: GraphView, metadata: Metadata, layer: Union[str, Seque
         raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
     output_name = resolve_output(view, output)
     candidates = candidate_layers(view, output_name, metadata)
-    specs = [layer] if isinstance(layer, str) else list(layer)
-    if not specs:
-        raise ValueError("layer=[] names no layer; give 'auto', a layer name or a list of them")
-    layers = [resolve_layer(view, spec, output_name, candidates, metadata, tokens) for spec in specs]
-    keys = [found.display_name if spec == "auto" else spec for spec, found in zip(specs, layers)]
+    if layer == "all":
+        if not candidates:
+            raise ValueError(f"layer='all': output {output_name!r} is computed from no candidate layer (no rank-4 "
+                             "activation); name a tensor instead")
+        layers, keys = list(candidates), [found.display_name for found in candidates]
+    else:
+        specs = [layer] if isinstance(layer, str) else list(layer)
+        if not specs:
+            raise ValueError("layer=[] names no layer; give 'auto', 'all', a layer name or a list of them")
+        layers = [resolve_layer(view, spec, output_name, candidates, metadata, tokens) for spec in specs]
+        keys = [found.display_name if spec == "auto" else spec for spec, found in zip(specs, layers)]
     image_input, image_layout = _image_input(view, metadata, layout)
     return Subject(view, output_name, tuple(layers), tuple(keys), image_input, image_layout, tuple(candidates),
                    precision)

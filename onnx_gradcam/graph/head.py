@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Head:
-    """A head model; ``inputs`` lists the layer tensors first, then the other tensors it needs."""
+    """A head model; ``inputs`` lists the layer tensors first (those not computed from another layer), then the
+    other tensors it needs."""
 
     model: ModelProto
     layers: list[str]
@@ -44,7 +45,9 @@ def cut_head(view: GraphView, layers: Sequence[str], output: str) -> Head:
     constant_nodes = [node for node in view.nodes
                       if node.op_type == "Constant" and not node.input and node.output[0] in read]
     nodes = constant_nodes + nodes
-    produced = {name for node in nodes for name in node.output} | set(layers)
+    computed = {name for node in nodes for name in node.output}
+    fed = [name for name in layers if name not in computed]  # a layer after another is computed from it
+    produced = computed | set(layers)
     initializers = {t.name: t for t in view.graph.initializer}
     boundary: list[str] = []
     for node in nodes:
@@ -53,7 +56,7 @@ def cut_head(view: GraphView, layers: Sequence[str], output: str) -> Head:
                 boundary.append(name)
     constants = [initializers[n] for node in nodes for n in node.input if n in initializers]
     unique_constants = list({t.name: t for t in constants}.values())
-    inputs = list(layers) + boundary
+    inputs = fed + boundary
     graph = helper.make_graph(
         nodes, "head",
         [tensor_info(name, view.elem_type(name), view.shape(name)) for name in inputs],
