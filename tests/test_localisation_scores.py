@@ -364,3 +364,7 @@ def test_ground_truth_from_arrays_goes_by_index():
         GroundTruth.from_arrays(np.zeros((1, 4, 5))).mask_for_index(0, (4, 5))
     with pytest.raises(GroundTruthError, match=r"ground truth of image 1: box \(3, 0, 1, 2\) is empty"):
         GroundTruth.from_arrays([[(0, 0, 1, 1)], [(3, 0, 1, 2)]])
+    with pytest.raises(GroundTruthError, match=r"ground truth of image 0: box \(2, 2, 0, 0\) is empty"):
+        GroundTruth.from_arrays(np.array([[2, 2, 0, 0]]))
+    with pytest.raises(GroundTruthError, match=r"masks \(N, H, W\), boxes \(N, 4\).*shape \(3, 5\)"):
+        GroundTruth.from_arrays(np.zeros((3, 5)))

@@ -95,7 +95,7 @@ def check_mask(mask, size: tuple[int, int], name: str) -> np.ndarray:
     return mask
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field by field has no single truth value
 class _Entry:
     """One image's ground truth: boxes (K, 4), or a mask array, or a mask file read when asked for."""
 
@@ -103,6 +103,18 @@ class _Entry:
     boxes: Optional[np.ndarray] = None
     mask: Optional[np.ndarray] = None
     path: Optional[Path] = None
+
+    @classmethod
+    def of_boxes(cls, name: str, boxes) -> _Entry:
+        """Boxes (K, 4) checked now, so a malformed one is named when the ground truth is read; whether they
+        fit the image is checked when its size is known."""
+        array = np.asarray(boxes, np.float64)
+        if array.ndim != 2 or array.shape[1] != 4 or len(array) == 0:
+            raise GroundTruthError(f"{name}: boxes must be a non-empty list of [x0, y0, x1, y1], got shape "
+                                   f"{array.shape} (masks go in one (N, H, W) array)")
+        for box in array:
+            _checked_box(box, name)
+        return cls(name, boxes=array)
 
     def mask_at(self, size: tuple[int, int]) -> np.ndarray:
         if self.boxes is not None:
@@ -173,18 +185,16 @@ class GroundTruth:
         """Ground truth for images given as arrays, in their order: masks (N, H, W) (any value > 0 is the
         object), boxes (N, 4) (one per image), or a list per image of its boxes (each (K, 4)). A 3-D array is
         always read as masks; boxes several to an image come as a list."""
-        if isinstance(masks_or_boxes, np.ndarray) and masks_or_boxes.ndim == 3:
-            entries = [_Entry(f"ground truth of image {i}", mask=mask) for i, mask in enumerate(masks_or_boxes)]
-        elif isinstance(masks_or_boxes, np.ndarray) and masks_or_boxes.ndim == 2 and masks_or_boxes.shape[1] == 4:
-            entries = [_Entry(f"ground truth of image {i}", boxes=box[None].astype(np.float64))
-                       for i, box in enumerate(masks_or_boxes)]
-        elif isinstance(masks_or_boxes, (list, tuple)):
-            entries = [_Entry(f"ground truth of image {i}", boxes=_boxes_of(boxes, f"ground truth of image {i}"))
-                       for i, boxes in enumerate(masks_or_boxes)]
+        given = masks_or_boxes
+        if isinstance(given, np.ndarray) and given.ndim == 2 and given.shape[1] == 4:
+            given = list(given[:, None])  # one box per image
+        if isinstance(given, np.ndarray) and given.ndim == 3:
+            entries = [_Entry(f"ground truth of image {i}", mask=mask) for i, mask in enumerate(given)]
+        elif isinstance(given, (list, tuple)):
+            entries = [_Entry.of_boxes(f"ground truth of image {i}", boxes) for i, boxes in enumerate(given)]
         else:
-            shape = getattr(masks_or_boxes, "shape", None)
-            raise GroundTruthError(f"ground truth arrays must be masks (N, H, W), boxes (N, 4) or a list per image "
-                                   f"of (K, 4) boxes, got {type(masks_or_boxes).__name__} of shape {shape}")
+            raise GroundTruthError(f"ground truth arrays must be masks (N, H, W), boxes (N, 4) or a list per image of "
+                                   f"(K, 4) boxes, got {type(given).__name__} of shape {getattr(given, 'shape', '?')}")
         if not entries:
             raise GroundTruthError("ground truth arrays hold no image")
         return cls("arrays", {}, tuple(entries))
@@ -227,17 +237,6 @@ class GroundTruth:
             if matches:
                 return self.by_key[matches[0]]
         return None
-
-
-def _boxes_of(boxes, where: str) -> np.ndarray:
-    """One image's boxes as a (K, 4) float array, each checked (the image's size is checked on use)."""
-    array = np.asarray(boxes, np.float64)
-    if array.ndim != 2 or array.shape[1] != 4 or len(array) == 0:
-        raise GroundTruthError(f"{where}: boxes must be a non-empty list of [x0, y0, x1, y1], got shape {array.shape} "
-                               "(masks go in one (N, H, W) array)")
-    for box in array:
-        _checked_box(box, where)
-    return array
 
 
 def _read_boxes_csv(path: Path) -> dict[str, list[tuple[float, ...]]]:
