@@ -330,9 +330,11 @@ def test_masks_folder_round_trip(tmp_path):
     cat[1:3, 2:4] = 255
     Image.fromarray(cat).save(tmp_path / "cat.png")
     Image.fromarray(np.eye(4, 5, dtype=np.uint8)).save(tmp_path / "dog.bmp")  # 0/1 values
+    Image.fromarray(cat).save(tmp_path / "cat.2024.png")  # a stem with a dot
     (tmp_path / "notes.txt").write_text("not a mask")
     truth = GroundTruth.from_masks_folder(tmp_path)
-    assert sorted(truth.keys()) == ["cat", "dog"]
+    assert sorted(truth.keys()) == ["cat.2024.png", "cat.png", "dog.bmp"]
+    assert np.array_equal(truth.mask_for("cat.2024.jpg", (4, 5)), cat > 0)
     assert np.array_equal(truth.mask_for("images/cat.jpg", (4, 5)), cat > 0)
     assert np.array_equal(truth.mask_for("dog.png", (4, 5)), np.eye(4, 5, dtype=bool))
     assert truth.mask_for("bird.jpg", (4, 5)) is None

@@ -168,14 +168,16 @@ class GroundTruth:
         if not folder.is_dir():
             raise GroundTruthError(f"{folder}: the masks folder does not exist or is not a folder")
         readable = {extension for extension, kind in Image.registered_extensions().items() if kind in Image.OPEN}
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, _Entry] = {}  # by the mask's file name, so that a stem with dots stays whole
+        by_stem: dict[str, str] = {}
         for path in sorted(folder.iterdir()):
             if not path.is_file() or path.suffix.lower() not in readable:
                 continue
-            if path.stem in entries:
+            if path.stem in by_stem:
                 raise GroundTruthError(f"{folder}: two masks for the image {path.stem!r}: "
-                                       f"{entries[path.stem].path.name} and {path.name}")
-            entries[path.stem] = _Entry(str(path), path=path)
+                                       f"{by_stem[path.stem]} and {path.name}")
+            by_stem[path.stem] = path.name
+            entries[path.name] = _Entry(str(path), path=path)
         if not entries:
             raise GroundTruthError(f"{folder}: no mask images in the folder")
         return cls(str(folder), entries)
