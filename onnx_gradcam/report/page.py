@@ -62,7 +62,8 @@ def report_page(result: ScanResult, plot_png: bytes, grid_png: bytes, files: lis
     rows = ranked_rows(result)
     layers = len({row.get("layer") for row in rows})
     methods = len({row.get("method") for row in rows})
-    images = max((row["images"] for row in rows if finite(row.get("images"))), default=0)
+    counts = [row["images"] for row in rows if finite(row.get("images"))]
+    scored = f"scored on up to {_number(max(counts))} image{'s' * (max(counts) != 1)}; " if counts else ""
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">',
@@ -70,8 +71,7 @@ def report_page(result: ScanResult, plot_png: bytes, grid_png: bytes, files: lis
         f"<title>{e(result.title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>", "<main>",
         f"<h1>{e(result.title)}</h1>",
         f'<p class="summary">{layers} layer{"s" * (layers != 1)} × {methods} method{"s" * (methods != 1)}, '
-        f"scored on up to {e(_number(images))} image{'s' * (images != 1)}; ranked by "
-        f"{e(', '.join(result.rank_by)) or 'nothing'}.</p>",
+        f"{e(scored)}ranked by {e(', '.join(result.rank_by)) or 'nothing'}.</p>",
         '<section id="recommendation"><div class="label">Recommendation</div>'
         f"<p>{e(result.recommendation)}</p></section>",
     ]

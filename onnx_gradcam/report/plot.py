@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MARKERS = {"cut": "o", "inside a residual branch": "^", "branch before a merge": "s"}
 SPARE_MARKERS = ("D", "v", "P", "X", "*")
 HIGHLIGHT = "#d62728"
+UNKNOWN = "place unknown"  # the legend's name for rows without a kind
 
 
 def markers_for(kinds) -> dict[str, str]:
@@ -33,9 +34,11 @@ def plot_scores_by_depth(result: ScanResult, path: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     rows = [{key: plain(value) for key, value in row.items()} for row in result.rows]
+    for row in rows:
+        row["kind"] = str(row.get("kind") or UNKNOWN)
     scores = list(result.directions) or ["(no scores)"]
     methods = list(dict.fromkeys(str(row.get("method", "")) for row in rows))
-    kinds = markers_for(sorted((str(row.get("kind", "")) for row in rows), key=_kind_order))
+    kinds = markers_for(sorted((row["kind"] for row in rows), key=_kind_order))
     depths = [row["depth"] for row in rows if finite(row.get("depth"))]
     pad = max(1.0, 0.03 * (max(depths) - min(depths))) if depths else 1.0
     colors = _colors(len(methods))
@@ -49,7 +52,7 @@ def plot_scores_by_depth(result: ScanResult, path: str) -> None:
     for axis, score in zip(axes.flat, scores):
         drawn = False
         for method, color in zip(methods, colors):
-            points = sorted(((row["depth"], row[score], str(row.get("kind", ""))) for row in rows
+            points = sorted(((row["depth"], row[score], row["kind"]) for row in rows
                              if str(row.get("method", "")) == method and finite(row.get("depth"))
                              and finite(row.get(score))), key=lambda point: point[0])
             if not points:
@@ -60,7 +63,7 @@ def plot_scores_by_depth(result: ScanResult, path: str) -> None:
             for kind, marker in kinds.items():
                 chosen = [p for p in points if p[2] == kind]
                 if chosen:
-                    axis.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker=marker, s=30,
+                    axis.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker=marker, s=36,
                                  color=color, edgecolors="white", linewidths=0.6, zorder=3)
         if best is not None and finite(best.get("depth")) and finite(best.get(score)):
             axis.scatter([best["depth"]], [best[score]], s=240, facecolors="none", edgecolors=HIGHLIGHT,

@@ -49,23 +49,26 @@ def picture_sheet(images: Sequence[np.ndarray], labels: Sequence[str],
             draw.text((x, GAP + number * line), text, fill="black", font=font, anchor="ma")
     y = header_height
     for row, (picture, tile_height) in enumerate(zip(pictures, heights)):
-        tiles = [picture] + [_tile(picture, column[row], alpha, colormap) for column in maps.values()]
+        size = (cell, tile_height)
+        tiles = [picture.resize(size, Image.BILINEAR)] + [_tile(picture, column[row], size, alpha, colormap)
+                                                          for column in maps.values()]
         for column, tile in enumerate(tiles):
-            sheet.paste(tile.resize((cell, tile_height), Image.BILINEAR), (GAP + column * (cell + GAP), y))
+            sheet.paste(tile, (GAP + column * (cell + GAP), y))
         for number, text in enumerate(captions[row]):
             draw.text((GAP + 3, y + tile_height + 2 + number * line), text, fill="black", font=font)
         y += tile_height + caption_height + GAP
     return sheet
 
 
-def _tile(picture: Image.Image, cam: Optional[np.ndarray], alpha: float, colormap: str) -> Image.Image:
+def _tile(picture: Image.Image, cam: Optional[np.ndarray], size: tuple[int, int], alpha: float,
+          colormap: str) -> Image.Image:
+    """The map over the picture at ``size``; a grey "no map" tile where ``cam`` is None."""
     if cam is None:
-        tile = Image.new("RGB", picture.size, (225, 225, 225))
-        draw = ImageDraw.Draw(tile)
-        draw.text((picture.width // 2, picture.height // 2), "no map", fill="dimgray", anchor="mm",
-                  font=ImageFont.load_default(size=max(10, picture.width // 10)))
+        tile = Image.new("RGB", size, (225, 225, 225))
+        ImageDraw.Draw(tile).text((size[0] // 2, size[1] // 2), "no map", fill="dimgray", anchor="mm",
+                                  font=ImageFont.load_default(size=max(10, size[0] // 12)))
         return tile
-    return overlay(np.asarray(picture), cam, alpha, colormap)
+    return overlay(np.asarray(picture), cam, alpha, colormap).resize(size, Image.BILINEAR)
 
 
 def _message(text: str, cell: int) -> Image.Image:
