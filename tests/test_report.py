@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -142,6 +143,24 @@ def test_the_plot_takes_one_row_and_many_layers_of_three_methods(tmp_path):
         path = write_report(result, str(tmp_path / name))["plot"]
         with Image.open(path) as picture:
             assert np.asarray(picture.convert("L"), dtype=float).var() > 0
+
+
+def test_sparse_results_still_make_every_file(tmp_path):
+    """Rows without a place or a depth, a score with no value at all, an infinity, a missing map, no pictures."""
+    rows = [{"layer": "x", "method": "gradcam", "s": math.inf, "t": math.nan},
+            {"layer": "y", "method": "gradcam", "kind": "cut", "depth": 3, "s": np.float64(0.5), "t": math.nan}]
+    result = ScanResult(rows=rows, directions={"s": True, "t": False}, rank_by=["s"], ranking=[1, 0],
+                        recommendation="y", grid_images=[np.zeros((30, 40, 3))], grid_labels=["black"],
+                        grid_maps={"y · gradcam": [None]})
+    paths = write_report(result, str(tmp_path / "one"))
+    with open(paths["json"], encoding="utf-8") as file:
+        assert [row["s"] for row in json.load(file)["rows"]] == [0.5, None]
+    with open(paths["csv"], newline="", encoding="utf-8") as file:
+        assert [(line["s"], line["t"]) for line in csv.DictReader(file)] == [("0.5", ""), ("inf", "")]
+    with Image.open(paths["grid"]) as grid:
+        assert np.asarray(grid.convert("L"), dtype=float).var() > 0  # the "no map" tile beside a black image
+    result.grid_images, result.grid_labels, result.grid_maps = [], [], {}
+    assert all(os.path.getsize(path) > 0 for path in write_report(result, str(tmp_path / "two")).values())
 
 
 def test_no_pyplot_and_no_backend_change(tmp_path):
