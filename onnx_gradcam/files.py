@@ -21,6 +21,7 @@ import numpy as np
 
 from .explainer import Explainer
 from .graph.layout import image_hw
+from .graph.view import GraphView
 from .images import Preprocessing, display_rgb, load_picture
 from .pictures import overlay
 from .writing import atomic, output_folder, refuse_inputs
@@ -82,9 +83,13 @@ def output_names(images: Sequence[str]) -> list[str]:
 
 
 def score_kind(explainer: Explainer) -> str:
-    """What the explained output holds: ``probability`` (after Softmax or Sigmoid), ``log_probability``
+    """What the explained output holds (:func:`output_kind`)."""
+    return output_kind(explainer.subject.view, explainer.subject.output)
+
+
+def output_kind(view: GraphView, tensor: str) -> str:
+    """What output ``tensor`` holds: ``probability`` (after Softmax or Sigmoid), ``log_probability``
     (after LogSoftmax), else ``logit``; reshapes and casts in between are looked through."""
-    view, tensor = explainer.subject.view, explainer.subject.output
     node = view.producer.get(tensor)
     while node is not None and node.op_type in _PASS_THROUGH:
         node = view.producer.get(node.input[0])
@@ -152,7 +157,7 @@ def _outcomes(writer: "_Writer", batch_size: int, keep_going: bool, progress: bo
         outcomes.update(new)
         failure = _first_failure(new) if not keep_going else None
         if progress:
-            _progress(index + 1, len(images), stopped=failure is not None)
+            show_progress(index + 1, len(images), stopped=failure is not None)
         if failure is not None:
             reason = f"not explained: stopped after {failure!r} failed (--keep-going explains the rest)"
             return [outcomes.get(i) or Outcome(path, "skipped", reason) for i, path in enumerate(images)]
@@ -254,10 +259,11 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def _progress(done: int, total: int, stopped: bool = False) -> None:
+def show_progress(done: int, total: int, stopped: bool = False, unit: str = "images") -> None:
+    """A one-line progress bar on stderr, redrawn in place; the line ends when done (or stopped)."""
     width = 30
     filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images")
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}")
     if done >= total or stopped:
         sys.stderr.write("\n")
     sys.stderr.flush()

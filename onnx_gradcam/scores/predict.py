@@ -8,12 +8,11 @@ probability).
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Callable, Union
 
 import numpy as np
 
-from ..files import score_kind
+from ..files import output_kind
 from ..graph.model import ModelLike, load_model
 from ..graph.view import GraphView
 from ..runtime import Providers, has_float16_weights, make_session
@@ -40,8 +39,7 @@ def session_predictor(model: ModelLike, output: Union[str, int, None] = None, ba
         raise ValueError(f"the model has inputs {view.input_names}: session_predictor feeds one image input only "
                          "(fix the other inputs in the graph, or write your own Predict function)")
     name = resolve_output(view, output)
-    # score_kind reads the output's producers from an Explainer's subject; only its view and output are needed.
-    kind = score_kind(SimpleNamespace(subject=SimpleNamespace(view=view, output=name)))
+    kind = output_kind(view, name)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else proto
     session = make_session(source, providers, float16_weights=has_float16_weights(proto))
     feed = session.get_inputs()[0]
@@ -67,7 +65,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tens
 
 
 def _as_probabilities(scores: np.ndarray, kind: str, name: str) -> np.ndarray:
-    """Probabilities from what the output holds (:func:`~onnx_gradcam.files.score_kind`'s ``kind``)."""
+    """Probabilities from what the output holds (:func:`~onnx_gradcam.files.output_kind`)."""
     if kind == "probability":
         return scores
     if kind == "log_probability":
