@@ -56,8 +56,8 @@ def combine(b: NodeBuilder, per_layer: Sequence[str]) -> str:
     """Several layers' upsampled maps into one: their mean, normalised again."""
     if len(per_layer) == 1:
         return min_max(b, per_layer[0])
-    stacked = b.op("Concat", *[b.op("Unsqueeze", m, b.ints([0])) for m in per_layer], axis=0)
-    return min_max(b, b.op("ReduceMean", stacked, b.ints([0]), keepdims=0))
+    total = b.op("Sum", *per_layer)  # not a stacked copy of every layer's map: "all" can be a hundred layers
+    return min_max(b, b.op("Div", total, b.scalar(float(len(per_layer)), total)))
 
 
 def finish(b: NodeBuilder, raws: Sequence[str], size: str) -> tuple[str, list[str]]:
