@@ -31,7 +31,7 @@ def conv_block(cin: int, cout: int) -> list:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def build_model():
+def build_model(classes: int = len(CLASSES)):
     """Conv blocks down to 1/4 resolution; the class score is the strongest evidence in any 12x12-pixel window
     (3x3 average, then global max pooling), so it comes from the window that holds the object. With global
     average pooling instead, a square's map rings its edges, and its peak fell just outside the box for 8% to
@@ -42,7 +42,7 @@ def build_model():
         nn.Sequential(*conv_block(3, 16), nn.MaxPool2d(2), *conv_block(16, 32), nn.MaxPool2d(2),
                       *conv_block(32, 64), *conv_block(64, 64),
                       nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, len(CLASSES)),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, classes),
     )
 
 

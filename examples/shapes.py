@@ -76,3 +76,27 @@ def _shape_mask(label: int, x: np.ndarray, y: np.ndarray, extent: int) -> np.nda
         radius = extent / 2
         return (x - radius + 0.5) ** 2 + (y - radius + 0.5) ** 2 <= radius ** 2
     return inside & (np.abs(x - extent / 2 + 0.5) <= y / 2)  # triangle, apex up
+
+
+MARKS = ("horizontal", "vertical")
+
+
+def make_marked_shapes(count: int, size: int = 64, seed: int = 0):
+    """A fine-grained variant of :func:`make_shapes`: every image holds a large shape of any class and colour,
+    and inside it a small bar (2 x 7 pixels) in a contrasting colour; the label is only the bar's orientation
+    (``MARKS``), so the evidence is a detail a few pixels across. Returns (images, labels, boxes), ``boxes``
+    the bar's (x0, y0, x1, y1)."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, 3, size, size), np.float32)
+    labels = rng.integers(0, len(MARKS), count)
+    boxes = np.empty((count, 4), np.int64)
+    for i in range(count):
+        images[i] = _clutter(rng, size)
+        _, (x0, y0, x1, y1) = _paint_shape(rng, images[i], rng.integers(0, len(CLASSES)), (0, 0), size)
+        height, width = (2, 7) if MARKS[labels[i]] == "horizontal" else (7, 2)
+        top = int(rng.integers(y0 + 1, max(y0 + 2, y1 - height)))
+        left = int(rng.integers(x0 + 1, max(x0 + 2, x1 - width)))
+        shape_color = images[i][:, min(top, size - 1), min(left, size - 1)]
+        images[i][:, top:top + height, left:left + width] = (1.0 - shape_color)[:, None, None]
+        boxes[i] = (left, top, min(left + width, size), min(top + height, size))
+    return images, labels, boxes

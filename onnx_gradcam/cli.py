@@ -1,4 +1,4 @@
-"""The ``onnx-gradcam`` command line: ``layers``, ``explain``, ``export``, ``convert``.
+"""The ``onnx-gradcam`` command line: ``layers``, ``explain``, ``export``, ``convert``, ``scan``.
 
 ``convert`` is the one command that needs a training framework: it imports the ``converters`` package
 (and torch or TensorFlow) only when it runs; the others need ONNX Runtime alone.
@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from . import __version__, layers_and_default
@@ -21,6 +22,7 @@ from .files import OVERLAY_SIZES, explain_files, find_images, input_folders, pre
 from .graph.layers import UnknownLayerError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
+from .scores.faithfulness import FAITHFULNESS
 from .subject import PRECISIONS
 from .writing import atomic, file_to_write, refuse_inputs, same_file
 
@@ -102,7 +104,42 @@ def _parser() -> argparse.ArgumentParser:
                          help="also explain these images (files or folders) with the converted model")
     _explain_options(convert, layer_flag="--explain-layer", out_required=False)
     convert.set_defaults(run=_convert)
+    _scan_parser(commands)
     return parser
+
+
+def _scan_parser(commands) -> None:
+    scan = commands.add_parser("scan", help="rank layers (and methods) by how well their maps find the ground "
+                                            "truth and how faithful they are to the model; writes a report")
+    scan.add_argument("model", help="the ONNX model")
+    scan.add_argument("images", nargs="+", help="image files or folders of images")
+    truth = scan.add_mutually_exclusive_group()
+    truth.add_argument("--boxes", metavar="FILE", help="object boxes: CSV with header image,x0,y0,x1,y1 (pixels "
+                                                       "of the image file; rows of one image are united) or JSON "
+                                                       "{image: [[x0, y0, x1, y1], ...]}")
+    truth.add_argument("--masks", metavar="DIR", help="a folder of object masks, one per image with the same stem "
+                                                      "(nonzero = object)")
+    scan.add_argument("--out", required=True, help="folder for scores.csv, scores.json, scores_by_depth.png, "
+                                                   "grid.png and report.html")
+    scan.add_argument("--layer", action="append", dest="scan_layers", metavar="LAYER",
+                      help="a layer to scan; repeatable (default: every candidate, see `onnx-gradcam layers MODEL`)")
+    scan.add_argument("--method", action="append", dest="methods", choices=GRADIENT_METHODS, metavar="METHOD",
+                      help=f"a gradient CAM method to compare; repeatable: {', '.join(GRADIENT_METHODS)} "
+                           "(default gradcam)")
+    scan.add_argument("--target", type=int, metavar="CLASS",
+                      help="class to explain for every image (default: each image's top class)")
+    scan.add_argument("--faithfulness", nargs="*", choices=FAITHFULNESS, metavar="SCORE",
+                      help=f"faithfulness scores to compute: {', '.join(FAITHFULNESS)} (default all but ROAD, "
+                           "whose sparse solves cost about a second per image at 224x224; the flag alone: none)")
+    scan.add_argument("--rank-by", nargs="+", metavar="SCORE",
+                      help="scores to rank by (default: the localisation scores with --boxes or --masks, else "
+                           "the faithfulness scores)")
+    scan.add_argument("--grid-images", type=_count, default=6, metavar="N",
+                      help="images in the picture grid (default 6)")
+    scan.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                      help="images per ONNX Runtime run (default 16)")
+    scan.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
+    scan.set_defaults(run=_scan)
 
 
 EXAMPLES = """examples:
@@ -110,6 +147,7 @@ EXAMPLES = """examples:
   onnx-gradcam explain model.onnx photos/ --out explained --method gradcam++
   onnx-gradcam export model.onnx -o explainer.onnx --targets input
   onnx-gradcam export model.onnx --triton model_repository
+  onnx-gradcam scan model.onnx val_images/ --boxes boxes.csv --out scan
   onnx-gradcam convert resnet50 -o resnet50.onnx --layer layer4 --explain photos/
 
 `python -m onnx_gradcam` runs the same commands. `onnx-gradcam COMMAND --help` lists a command's options.
@@ -279,6 +317,25 @@ def _check_out_folder(out: str, image_args: Sequence[str], allowed: bool) -> Non
         if same_file(out, folder) and not allowed:
             raise ValueError(f"--out {out!r} is a folder the input images are in: overlays and maps would mix "
                              "with them; name another folder, or pass --into-input-folder")
+
+
+def _scan(args) -> int:
+    from .scan import scan
+
+    find_images(args.images)
+    _check_out_folder(args.out, args.images, allowed=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = scan(args.model, args.images, ground_truth=args.boxes or args.masks,
+                      layers=args.scan_layers or "all", methods=args.methods or ["gradcam"], targets=args.target,
+                      output=args.output, faithfulness=args.faithfulness, rank_by=args.rank_by,
+                      batch_size=args.batch_size, grid_images=args.grid_images, out=args.out)
+    for warning in caught:
+        print(f"onnx-gradcam scan: {warning.message}", file=sys.stderr)
+    print(result.recommendation)
+    print(f"scanned {result.rows[0]['images']} images at {len(result.rows)} layer-method pairs; wrote "
+          f"{os.path.join(args.out, 'report.html')} (and scores.csv, scores.json, scores_by_depth.png, grid.png)")
+    return 0
 
 
 def _export(args) -> int:
