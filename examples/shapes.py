@@ -14,13 +14,20 @@ CLASSES = ("circle", "square", "triangle")
 
 def make_shapes(count: int, size: int = 64, seed: int = 0):
     """Return (images (count, 3, size, size) float32 in [0, 1], labels (count,), boxes (count, 4) as x0 y0 x1 y1)."""
+    return _labelled(count, size, seed, CLASSES,
+                     lambda rng, image, label: _paint_shape(rng, image, label, (0, 0), size)[1])
+
+
+def _labelled(count: int, size: int, seed: int, classes, paint):
+    """(images, labels, boxes): each image clutter with ``paint(rng, image, label)`` drawn on it, which returns
+    the box of what makes the label."""
     rng = np.random.default_rng(seed)
     images = np.empty((count, 3, size, size), np.float32)
-    labels = rng.integers(0, len(CLASSES), count)
+    labels = rng.integers(0, len(classes), count)
     boxes = np.empty((count, 4), np.int64)
     for i in range(count):
         images[i] = _clutter(rng, size)
-        _, boxes[i] = _paint_shape(rng, images[i], labels[i], (0, 0), size)
+        boxes[i] = paint(rng, images[i], labels[i])
     return images, labels, boxes
 
 
@@ -86,17 +93,13 @@ def make_marked_shapes(count: int, size: int = 64, seed: int = 0):
     and inside it a small bar (2 x 7 pixels) in a contrasting colour; the label is only the bar's orientation
     (``MARKS``), so the evidence is a detail a few pixels across. Returns (images, labels, boxes), ``boxes``
     the bar's (x0, y0, x1, y1)."""
-    rng = np.random.default_rng(seed)
-    images = np.empty((count, 3, size, size), np.float32)
-    labels = rng.integers(0, len(MARKS), count)
-    boxes = np.empty((count, 4), np.int64)
-    for i in range(count):
-        images[i] = _clutter(rng, size)
-        _, (x0, y0, x1, y1) = _paint_shape(rng, images[i], rng.integers(0, len(CLASSES)), (0, 0), size)
-        height, width = (2, 7) if MARKS[labels[i]] == "horizontal" else (7, 2)
+    def paint(rng, image: np.ndarray, label: int):
+        _, (x0, y0, x1, y1) = _paint_shape(rng, image, rng.integers(0, len(CLASSES)), (0, 0), size)
+        height, width = (2, 7) if MARKS[label] == "horizontal" else (7, 2)
         top = int(rng.integers(y0 + 1, max(y0 + 2, y1 - height)))
         left = int(rng.integers(x0 + 1, max(x0 + 2, x1 - width)))
-        shape_color = images[i][:, min(top, size - 1), min(left, size - 1)]
-        images[i][:, top:top + height, left:left + width] = (1.0 - shape_color)[:, None, None]
-        boxes[i] = (left, top, min(left + width, size), min(top + height, size))
-    return images, labels, boxes
+        shape_color = image[:, min(top, size - 1), min(left, size - 1)]
+        image[:, top:top + height, left:left + width] = (1.0 - shape_color)[:, None, None]
+        return left, top, min(left + width, size), min(top + height, size)
+
+    return _labelled(count, size, seed, MARKS, paint)
