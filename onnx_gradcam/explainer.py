@@ -68,6 +68,11 @@ class Explainer:
             head). float32 and float64 models are the same either way.
         on_nonfinite: images holding NaN or inf are an error (``"raise"``), or are left unexplained with a warning
             (``"warn"``): their maps are NaN and ``Explanation.nonfinite`` marks them.
+        maps_on_device: ``cams`` and ``layer_cams`` are returned as ``onnxruntime.OrtValue`` where the session
+            computed them (GPU memory under the CUDA provider, through ONNX Runtime's IO binding) for callers
+            who post-process there: ``torch.from_dlpack(result.cams)`` (or CuPy's) takes them without a copy.
+            Gradient methods, one target per image, no ``aug_smooth``, batches of at most ``max_batch``; images
+            holding NaN or inf are refused.
 
     Maps are computed in float32 (float64 for float64 layers), whatever the model's float type.
     """
@@ -76,7 +81,8 @@ class Explainer:
                  output: Output = None, providers: Providers = "auto",
                  session_options: Optional[Callable[[], object]] = None, tokens: Optional[TokenGrid] = None,
                  perturbations_per_run: int = 32, max_batch: Optional[int] = None, eigen_smooth: bool = False,
-                 layout: Optional[str] = None, precision: str = "float32", on_nonfinite: str = "raise"):
+                 layout: Optional[str] = None, precision: str = "float32", on_nonfinite: str = "raise",
+                 maps_on_device: bool = False):
         if session_options is not None and not callable(session_options):
             raise TypeError("session_options takes a function returning onnxruntime.SessionOptions (each "
                             "session needs options of its own), e.g. session_options=lambda: my_options()")
@@ -92,9 +98,13 @@ class Explainer:
         self.subject = resolve_subject(view, self.metadata, layer, output, tokens, layout, precision)
         self.sessions = SessionCache(model, detached, resolve_providers(providers), session_options or default_options)
         on_host = self.method in HOST_METHODS or eigen_smooth
+        if maps_on_device and on_host:
+            raise ValueError(f"maps_on_device: {self.method}{' with eigen_smooth' if eigen_smooth else ''} makes its "
+                             f"maps on the host; on the device: {', '.join(GRADIENT_METHODS)}")
+        self.maps_on_device = maps_on_device
         self.models = ExplainerModels(self.subject, None if self.method in HOST_METHODS else self.method,
                                       contributions_only=eigen_smooth, sessions=self.sessions)
-        self._in_graph = InGraph(self.models)
+        self._in_graph = InGraph(self.models, maps_on_device)
         self._way = OnHost(self.models, self.method, eigen_smooth, perturbations_per_run) if on_host else self._in_graph
         self._several = None if on_host else SeveralPerImage(self.subject, self.method, self.sessions)
 
@@ -132,7 +142,10 @@ class Explainer:
         """
         feeds = self._feeds(images)
         image = self.subject.image_input
-        nonfinite = nonfinite_rows(feeds[image], image, self.on_nonfinite)
+        if self.maps_on_device and (aug_smooth or several_per_image(targets)):
+            raise ValueError("maps_on_device returns the maps of one session run: aug_smooth and several targets "
+                             "per image combine several runs on the host")
+        nonfinite = nonfinite_rows(feeds[image], image, "raise" if self.maps_on_device else self.on_nonfinite)
         feeds = {**feeds, image: with_stand_ins(feeds[image], nonfinite)}
         if aug_smooth:
             return self._augmented(feeds, targets).blank(nonfinite)
@@ -158,9 +171,12 @@ class Explainer:
             try:
                 return run(feeds, targets)
             except Exception as error:  # noqa: BLE001  (only allocation failures are retried)
-                if batch == 1 or not out_of_memory(error):
+                if batch == 1 or not out_of_memory(error) or self.maps_on_device:
                     raise
                 max_batch = batch // 2
+        if self.maps_on_device:
+            raise ValueError(f"maps_on_device returns the maps of one session run: give at most max_batch="
+                             f"{max_batch} images per call, not {batch}")
         return join_parts([self._chunked(run, join_parts, rows(feeds, start, start + max_batch),
                                          target_rows(targets, start, start + max_batch, batch), max_batch)
                            for start in range(0, batch, max_batch)])

@@ -31,10 +31,12 @@ class ExplainerModels:
             self._built[seeding] = build_explainer_model(self.subject, seeding, self.method, self.contributions_only)
         return self._built[seeding]
 
-    def run(self, feeds: Mapping[str, np.ndarray], target: TargetFeed, wanted: Wanted
-            ) -> tuple[ExplainerModel, dict[str, np.ndarray]]:
-        """One session run over a batch: (the model run, the outputs ``wanted`` names by name)."""
+    def run(self, feeds: Mapping[str, np.ndarray], target: TargetFeed, wanted: Wanted,
+            on_device: Optional[Wanted] = None) -> tuple[ExplainerModel, dict[str, np.ndarray]]:
+        """One session run over a batch: (the model run, the outputs ``wanted`` names by name; those
+        ``on_device`` names left on the session's device)."""
         built = self.model(target.seeding)
         inputs = dict(feeds) if built.target_input is None else {**feeds, built.target_input: target.values}
         key = SessionKey(Kind.EXPLAINER, target.seeding)
-        return built, self.sessions.run(key, lambda: built.model, wanted(built), inputs)
+        return built, self.sessions.run(key, lambda: built.model, wanted(built), inputs,
+                                        on_device(built) if on_device else ())

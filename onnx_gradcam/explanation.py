@@ -37,7 +37,7 @@ class Explanation:
         they were explained from stand-ins, so nothing in their rows may be read as theirs."""
         for values in (self.cams, *self.raw.values(), *self.layer_cams.values(), *self.outputs.values(),
                        self.classes):
-            if values is not None and values.dtype.kind in "fci":
+            if isinstance(values, np.ndarray) and values.dtype.kind in "fci":
                 values[nonfinite] = np.nan if values.dtype.kind in "fc" else -1
         self.nonfinite = nonfinite
         return self

@@ -15,12 +15,16 @@ from .targets import TargetFeed
 class InGraph:
     """The way of computing for gradient methods (and for :meth:`gradients`, whatever the method)."""
 
-    def __init__(self, models: ExplainerModels):
+    def __init__(self, models: ExplainerModels, maps_on_device: bool = False):
         self.models = models
+        self.maps_on_device = maps_on_device
 
     def explain(self, feeds: Mapping[str, np.ndarray], target: TargetFeed) -> Explanation:
+        """``maps_on_device``: ``cams`` and ``layer_cams`` stay where the session computed them, as
+        ``onnxruntime.OrtValue`` (the rest is copied to the host)."""
         built, values = self.models.run(feeds, target, lambda b: list(dict.fromkeys(
-            [*b.model_outputs, *b.raw, b.cam, *b.layer_cams] + ([b.class_output] if b.class_output else []))))
+            [*b.model_outputs, *b.raw, b.cam, *b.layer_cams] + ([b.class_output] if b.class_output else []))),
+            on_device=lambda b: [b.cam, *b.layer_cams] if self.maps_on_device else [])
         keys = self.models.subject.keys
         return Explanation(cams=values[built.cam], raw=dict(zip(keys, (values[r] for r in built.raw))),
                            outputs={name: values[name] for name in built.model_outputs},

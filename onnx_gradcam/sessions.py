@@ -19,7 +19,7 @@ import onnx
 from .graph import weights
 from .graph.model import ModelLike, load_model
 from .graph.saving import save_model
-from .runtime import has_float16_weights, make_session
+from .runtime import CUDA, has_float16_weights, make_session
 from .writing import atomic, refuse_inputs
 
 
@@ -43,6 +43,20 @@ class SessionKey:
     kind: Kind
     part: Hashable = None
     """Which one of its kind: a seeding, a layer, the layers of a head, a number of maps."""
+
+
+def bound_run(session, names: Sequence[str], feeds: Mapping[str, np.ndarray], on_device: Sequence[str]) -> dict:
+    """One run through ONNX Runtime's IO binding: every output ``names`` is allocated on the session's device,
+    and only those not ``on_device`` are copied to the host."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    device = "cuda" if session.get_providers()[0] == CUDA else "cpu"
+    for name in names:
+        binding.bind_output(name, device)
+    session.run_with_iobinding(binding)
+    return {name: value if name in on_device else value.numpy()
+            for name, value in zip(names, binding.get_outputs())}
 
 
 def load_light(model: ModelLike) -> tuple[onnx.ModelProto, weights.DetachedWeights]:
@@ -72,11 +86,17 @@ class SessionCache:
         return self._sessions[key]
 
     def run(self, key: SessionKey, model: Callable[[], onnx.ModelProto], names: Sequence[str],
-            feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session for ``key`` once; the outputs ``names`` by name."""
-        results = self.session(key, model).run(list(names), dict(feeds))
+            feeds: Mapping[str, np.ndarray], on_device: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Run the session for ``key`` once; the outputs ``names`` by name, as NumPy arrays except those
+        ``on_device``: ``onnxruntime.OrtValue`` on the session's device (CUDA memory under the CUDA provider),
+        which torch and CuPy take without a copy (DLPack)."""
+        session = self.session(key, model)
+        if on_device:
+            values = bound_run(session, names, feeds, on_device)
+        else:
+            values = dict(zip(names, session.run(list(names), dict(feeds))))
         self.runs[key.kind.value] += 1
-        return dict(zip(names, results))
+        return values
 
     def write(self, model: onnx.ModelProto, path: str) -> None:
         """Save a model built over the placeholders with the weights put back (external data only past

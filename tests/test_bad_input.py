@@ -249,7 +249,7 @@ def test_targets_from_torch_are_taken_as_numpy_would(quickstart):
 
 
 def test_an_empty_layer_list_is_refused_when_the_explainer_is_made():
-    with pytest.raises(ValueError, match=r"^layer=\[\] names no layer; give 'auto', a layer name or a list"):
+    with pytest.raises(ValueError, match=r"^layer=\[\] names no layer; give 'auto', 'all', a layer name or a list"):
         Explainer(QUICKSTART, layer=[])
 
 
