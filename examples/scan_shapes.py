@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples.quickstart import build_model, torch_threads, train  # noqa: E402
 from examples.shapes import CLASSES, MARKS, make_marked_shapes, make_shapes  # noqa: E402
-from onnx_gradcam.scan import scan  # noqa: E402
+from onnx_gradcam import scan  # noqa: E402
 from onnx_gradcam.scores.faithfulness import FAITHFULNESS  # noqa: E402
 
 TASKS = {"shapes": (make_shapes, CLASSES), "marks": (make_marked_shapes, MARKS)}

@@ -57,6 +57,16 @@ def layers_and_default(model: ModelLike, output: Union[str, int, None] = None
     return candidates, default, output_name, places(view, output_name, candidates)
 
 
+def __getattr__(name: str):
+    """``onnx_gradcam.scan``, imported on first use: it brings scipy and matplotlib, which explaining does not
+    need."""
+    if name == "scan":
+        from .scanning import scan
+
+        return scan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["Detection", "Explainer", "Explanation", "Layer", "LayerGradients", "Mask", "Place", "Probability",
            "Seeding", "TokenGrid", "UnsupportedOperatorError", "default_layer", "export_explainer", "export_triton",
-           "gradient_model", "layer_places", "list_layers", "supported_ops"]
+           "gradient_model", "layer_places", "list_layers", "scan", "supported_ops"]

@@ -320,7 +320,7 @@ def _check_out_folder(out: str, image_args: Sequence[str], allowed: bool) -> Non
 
 
 def _scan(args) -> int:
-    from .scan import scan
+    from .scanning import scan
 
     find_images(args.images)
     _check_out_folder(args.out, args.images, allowed=False)

@@ -34,7 +34,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: st
     """Blend the coloured ``cam`` over ``image`` ((H, W, 3) uint8, or floats in [0, 1]); ``alpha`` is the
     map's opacity. The map is resized (bilinear, as values, before colouring) to the image if their sizes
     differ, so an overlay can be at the image's own size and aspect."""
-    picture = _rgb(image)
+    picture = as_rgb8(image)
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != picture.shape[:2]:
         cam = np.asarray(Image.fromarray(cam).resize(picture.shape[1::-1], Image.BILINEAR))
@@ -43,7 +43,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: st
     return Image.fromarray(np.round(blended).astype(np.uint8))
 
 
-def _rgb(image) -> np.ndarray:
+def as_rgb8(image) -> np.ndarray:
     """(H, W, 3) uint8 from uint8 or [0, 1] float pixels, grey or colour."""
     picture = np.asarray(image)
     if picture.dtype != np.uint8:
@@ -61,7 +61,7 @@ def grid(image: np.ndarray, maps: Mapping[str, np.ndarray], columns: Optional[in
     """
     if not maps:
         raise ValueError("grid needs at least one map")
-    picture = Image.fromarray(_rgb(image))
+    picture = Image.fromarray(as_rgb8(image))
     tiles = ([("image", picture)] if show_image else []) + [
         (label, overlay(picture, cam, alpha, colormap)) for label, cam in maps.items()]
     columns = columns or math.ceil(math.sqrt(len(tiles)))

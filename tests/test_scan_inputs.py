@@ -17,7 +17,8 @@ from PIL import Image
 from browser import Browser
 from examples.shapes import make_shapes
 from onnx_gradcam import Explainer, list_layers
-from onnx_gradcam.scan import SCAN_FAITHFULNESS, rank_rows, scan
+from onnx_gradcam import scan
+from onnx_gradcam.scanning import SCAN_FAITHFULNESS, rank_rows
 from onnx_gradcam.scores.localisation import LOCALISATION, localisation_scores
 
 MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "data",

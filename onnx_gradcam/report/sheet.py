@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..pictures import _rgb, overlay
+from ..pictures import as_rgb8, overlay
 
 GAP = 4
 
@@ -37,7 +37,7 @@ def picture_sheet(images: Sequence[np.ndarray], labels: Sequence[str],
     header_height = line * max(len(lines) for lines in headers) + GAP
     captions = [_wrap(str(label), font, cell - 6, 2) for label in labels]
     caption_height = line * max(1, max(len(lines) for lines in captions)) + GAP
-    pictures = [Image.fromarray(_rgb(image)) for image in images]
+    pictures = [Image.fromarray(as_rgb8(image)) for image in images]
     heights = [round(cell * picture.height / picture.width) for picture in pictures]
     width = len(headers) * (cell + GAP) + GAP
     height = header_height + sum(heights) + len(images) * (caption_height + GAP) + GAP

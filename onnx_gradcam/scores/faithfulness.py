@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse.linalg import spsolve
 
 from .predict import Predict
 
@@ -279,6 +277,8 @@ def _blurred(x: np.ndarray) -> np.ndarray:
     (as RISE builds it, by blurring a unit impulse), zero padded."""
     impulse = np.zeros((11, 11))
     impulse[5, 5] = 1.0
+    from scipy import ndimage  # here, not at the top: the command line imports this module for its names
+
     kernel = ndimage.gaussian_filter(impulse, 5)
     return ndimage.correlate(x, kernel[None, None], mode="constant").astype(x.dtype)
 
@@ -305,6 +305,9 @@ def _impute(image: np.ndarray, removed: np.ndarray, noise: float, rng: np.random
         entries.append(inside[~known])
         columns.append(neighbour[~known])
         values.append(np.full((~known).sum(), -weight))
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
     system = sparse.csc_matrix((np.concatenate([diagonal, *values]),
                                 (np.concatenate([np.arange(unknowns), *entries]),
                                  np.concatenate([np.arange(unknowns), *columns]))), shape=(unknowns, unknowns))
