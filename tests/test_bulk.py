@@ -92,12 +92,13 @@ def test_folder_maps_equal_the_explainer_and_every_input_has_one_row(model, fold
 
 
 def test_parquet_of_encoded_images_with_a_target_and_overlays(model, tmp_path):
+    """One actor holding both CPUs: the reader, asking for none, still runs (asking for one, it never would)."""
     names = [f"photos/{i}.png" for i in range(30)] + ["photos/truncated.png"]
     encoded = [_png(1000 + i) for i in range(30)] + [_png(7)[:100]]
     table = pa.table({"picture": encoded, "name": names, "other": list(range(31))})
     pq.write_table(table, tmp_path / "images.parquet")
     result = bulk.explain_dataset(str(tmp_path / "images.parquet"), model, str(tmp_path / "out"), targets=2,
-                                  overlays=True, image_column="picture", path_column="name", batch_size=8)
+                                  num_cpus=2, overlays=True, image_column="picture", path_column="name", batch_size=8)
     rows = {row["path"]: row for row in bulk.read_summary(result.output).to_pylist()}
     assert sorted(rows) == sorted(names) and (result.explained, result.failed) == (30, 1)
     assert rows["photos/truncated.png"]["status"] == "failed"

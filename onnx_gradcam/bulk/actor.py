@@ -60,13 +60,15 @@ def decode(path: str, data: bytes) -> Image.Image:
 
 
 class ExplainActor:
-    """Explains batches (``pyarrow.Table`` of ``path`` and ``bytes``) for ``map_batches``; returns their summary
-    rows. ``threads``: ONNX Runtime's intra-op threads, the CPUs the actor was given; threads do not spin
-    between runs, as the node's cores are shared with the other actors and the readers."""
+    """Explains batches (``pyarrow.Table`` with encoded images in ``image_column``, their paths in
+    ``path_column``) for ``map_batches``; returns their summary rows. ``threads``: ONNX Runtime's intra-op
+    threads, the CPUs the actor was given; threads do not spin between runs, as the node's cores are shared
+    with the other actors and the readers."""
 
     def __init__(self, model: ModelLike, layer, method: str, preprocessing: Preprocessing, output: str,
                  targets: Optional[int] = None, threads: int = 1, overlays: bool = False,
-                 root: Optional[str] = None, alpha: float = 0.5, colormap: str = "jet"):
+                 root: Optional[str] = None, alpha: float = 0.5, colormap: str = "jet", image_column: str = "bytes",
+                 path_column: str = "path"):
         def options() -> ort.SessionOptions:
             chosen = default_options()
             chosen.intra_op_num_threads = threads
@@ -75,7 +77,7 @@ class ExplainActor:
 
         self.explainer = Explainer(model, layer, method, session_options=options)
         self.preprocessing, self.targets, self.overlays, self.root = preprocessing, targets, overlays, root
-        self.alpha, self.colormap = alpha, colormap
+        self.alpha, self.colormap, self.columns = alpha, colormap, (path_column, image_column)
         self.output = output
         self.fs, self.folder = store.filesystem(output)
         kind = score_kind(self.explainer)
@@ -84,7 +86,7 @@ class ExplainActor:
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        paths, data = batch.column("path").to_pylist(), batch.column("bytes").to_pylist()
+        paths, data = (batch.column(name).to_pylist() for name in self.columns)
         rows: list[dict] = [{"path": path, "status": "failed"} for path in paths]
         groups: dict[tuple, list[tuple[int, Image.Image, np.ndarray]]] = {}
         for index, (path, encoded) in enumerate(zip(paths, data)):

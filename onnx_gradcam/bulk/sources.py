@@ -1,4 +1,4 @@
-"""What a bulk run reads, as a Ray Dataset of encoded images with two columns, ``path`` and ``bytes``.
+"""What a bulk run reads, as a Ray Dataset of encoded images: a column of a file's bytes, one of its path.
 
 Folders and files are read with ``ray.data.read_binary_files``, not ``read_images``: a corrupt file is then one
 more row, decoded (and reported as failed) by the actor, where an image reader would fail the whole run.
@@ -24,23 +24,38 @@ def is_parquet(inputs: Sequence[str]) -> bool:
     return all(path.lower().endswith(".parquet") for path in inputs)
 
 
-def encoded_images(source: Union[str, Sequence[str], object], form: str, image_column: str, path_column: str):
-    """The inputs as a Dataset of ``path`` and ``bytes``. ``form``: ``images`` (files and folders, image files
-    only: those ending in an image suffix), ``parquet`` or ``dataset`` (a ``ray.data.Dataset`` given)."""
+def encoded_images(source: Union[str, Sequence[str], object], form: str, image_column: str,
+                   path_column: str) -> tuple[object, str, str]:
+    """The inputs as a Dataset, and the names of its encoded-image and path columns. ``form``: ``images``
+    (files and folders, image files only: those ending in an image suffix), ``parquet`` or ``dataset`` (a
+    ``ray.data.Dataset`` given).
+
+    Columns are not renamed, but read by name in the actor: a rename is one more task stage, not fused into an
+    actor pool asking for other CPUs, and with the actors holding every CPU it would never run (measured on
+    Ray 2.60: 1 actor of 2 CPUs on 2 cores hung). A Dataset's own stages need CPUs the actors leave free.
+    """
     if form == "images":
         extensions = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
-        dataset = ray.data.read_binary_files(list(source), include_paths=True, file_extensions=extensions,
-                                             num_cpus=READ_CPUS)
-        image_column, path_column = "bytes", "path"
-    elif form == "parquet":
-        dataset = ray.data.read_parquet(list(source), columns=[image_column, path_column], num_cpus=READ_CPUS)
-    else:
-        dataset = source
+        return (ray.data.read_binary_files(list(source), include_paths=True, file_extensions=extensions,
+                                           num_cpus=READ_CPUS), "bytes", "path")
+    dataset = source if form == "dataset" else _read_parquet(list(source))
     missing = [name for name in (image_column, path_column) if name not in (dataset.columns() or [])]
     if missing:
         raise ValueError(f"the {form} input has no column {' or '.join(map(repr, missing))} (columns: "
                          f"{', '.join(dataset.columns() or [])}): name its encoded-image and path columns with "
                          "image_column= and path_column=")
-    dataset = dataset.select_columns([path_column, image_column])
-    renames = {old: new for old, new in ((path_column, "path"), (image_column, "bytes")) if old != new}
-    return dataset.rename_columns(renames) if renames else dataset
+    if form == "parquet":  # Ray reads these columns only: the select is pushed into the Parquet reader
+        dataset = dataset.select_columns([image_column, path_column])
+    return dataset, image_column, path_column
+
+
+def _read_parquet(paths: list[str]):
+    """``ray.data.read_parquet`` through Ray's first Parquet datasource: the second (Ray 2.60's default) lists
+    files in a stage of its own that always asks for 1 CPU, which never runs while the actors hold every CPU
+    (measured: 1 actor of 2 CPUs on 2 cores hung); the first lists them on the driver."""
+    context = ray.data.DataContext.get_current()
+    second, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
+    finally:
+        context.use_datasource_v2 = second
