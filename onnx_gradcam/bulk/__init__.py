@@ -105,7 +105,7 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
         ray.init(address=address)
     started = time.perf_counter()
     dataset, image_column, path_column = encoded_images(dataset_or_path if form == "dataset" else inputs, form,
-                                                        image_column, path_column)
+                                                        image_column, path_column, readers=actors)
     constructor = dict(model=model, layer=layer, method=method, preprocessing=preprocessing, output=output,
                        targets=targets, threads=max(1, int(num_cpus)), overlays=overlays,
                        root=store.common_root(inputs) if form == "images" else None, alpha=alpha, colormap=colormap,
@@ -113,7 +113,7 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
     summary = dataset.map_batches(ExplainActor, fn_constructor_kwargs=constructor, batch_size=batch_size,
                                   batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                                   num_cpus=num_cpus, num_gpus=num_gpus)
-    summary.write_parquet(f"{output}/{store.SUMMARY}", ray_remote_args={"num_cpus": 0})
+    summary.write_parquet(f"{output}/{store.SUMMARY}", ray_remote_args={"num_cpus": 0}, concurrency=1)
     statuses = Counter(read_summary(output).column("status").to_pylist())
     return BulkSummary(output, statuses.total(), statuses["explained"], statuses["failed"],
                        time.perf_counter() - started, actors, explainer.method, list(explainer.subject.keys),

@@ -16,7 +16,9 @@ from ..files import IMAGE_SUFFIXES
 
 READ_CPUS = 0
 """CPUs a read task asks for. Reading bytes is I/O; with the actor pool holding every CPU (2 actors of 1 CPU on
-2 cores), read tasks asking for one would never be scheduled and the run would hang (measured on Ray 2.60)."""
+2 cores), read tasks asking for one would never be scheduled and the run would hang (measured on Ray 2.60).
+Tasks asking for none are not limited by CPUs at all, so their number is: one at a time per actor (without
+it Ray started a worker process per file, and 256 files took 5 times as long)."""
 
 
 def is_parquet(inputs: Sequence[str]) -> bool:
@@ -25,10 +27,10 @@ def is_parquet(inputs: Sequence[str]) -> bool:
 
 
 def encoded_images(source: Union[str, Sequence[str], object], form: str, image_column: str,
-                   path_column: str) -> tuple[object, str, str]:
+                   path_column: str, readers: int) -> tuple[object, str, str]:
     """The inputs as a Dataset, and the names of its encoded-image and path columns. ``form``: ``images``
     (files and folders, image files only: those ending in an image suffix), ``parquet`` or ``dataset`` (a
-    ``ray.data.Dataset`` given).
+    ``ray.data.Dataset`` given). ``readers``: read tasks at a time.
 
     Columns are not renamed, but read by name in the actor: a rename is one more task stage, not fused into an
     actor pool asking for other CPUs, and with the actors holding every CPU it would never run (measured on
@@ -37,8 +39,8 @@ def encoded_images(source: Union[str, Sequence[str], object], form: str, image_c
     if form == "images":
         extensions = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
         return (ray.data.read_binary_files(list(source), include_paths=True, file_extensions=extensions,
-                                           num_cpus=READ_CPUS), "bytes", "path")
-    dataset = source if form == "dataset" else _read_parquet(list(source))
+                                           num_cpus=READ_CPUS, concurrency=readers), "bytes", "path")
+    dataset = source if form == "dataset" else _read_parquet(list(source), readers)
     missing = [name for name in (image_column, path_column) if name not in (dataset.columns() or [])]
     if missing:
         raise ValueError(f"the {form} input has no column {' or '.join(map(repr, missing))} (columns: "
@@ -49,13 +51,13 @@ def encoded_images(source: Union[str, Sequence[str], object], form: str, image_c
     return dataset, image_column, path_column
 
 
-def _read_parquet(paths: list[str]):
+def _read_parquet(paths: list[str], readers: int):
     """``ray.data.read_parquet`` through Ray's first Parquet datasource: the second (Ray 2.60's default) lists
     files in a stage of its own that always asks for 1 CPU, which never runs while the actors hold every CPU
     (measured: 1 actor of 2 CPUs on 2 cores hung); the first lists them on the driver."""
     context = ray.data.DataContext.get_current()
     second, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(paths, num_cpus=READ_CPUS)
+        return ray.data.read_parquet(paths, num_cpus=READ_CPUS, concurrency=readers)
     finally:
         context.use_datasource_v2 = second
