@@ -128,7 +128,11 @@ def test_a_dataset_of_mixed_sizes_is_explained_at_each_size(tmp_path):
         np.testing.assert_allclose(maps[item["path"]], cam, atol=1e-6, rtol=0)
 
 
-def test_outputs_that_would_mix_with_inputs_or_an_earlier_run_are_refused(model, folder, tmp_path):
+def test_missing_inputs_and_outputs_that_would_mix_with_inputs_or_an_earlier_run_are_refused(model, folder,
+                                                                                               tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image, folder or Parquet file at '.*missing'"):
+        bulk.explain_dataset([str(folder), str(tmp_path / "missing")], model, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="inside the input folder"):
         bulk.explain_dataset(str(folder), model, str(folder / "out"))
     (tmp_path / "maps").mkdir()

@@ -10,6 +10,7 @@ status, reason, predicted class, its score, explained class; rows in no set orde
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -91,21 +92,28 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
     """
     if batch_size < 1 or actors < 1:
         raise ValueError(f"batch size {batch_size} and {actors} actor(s): each must be at least 1")
-    form = format or ("dataset" if isinstance(dataset_or_path, ray.data.Dataset) else None)
-    inputs = [] if form == "dataset" else ([dataset_or_path] if isinstance(dataset_or_path, str)
-                                           else [str(path) for path in dataset_or_path])
-    form = form or ("parquet" if is_parquet(inputs) else "images")
-    if form not in FORMATS + ("dataset",):
-        raise ValueError(f"format {format!r}: use {' or '.join(FORMATS)} (a Dataset is recognised by itself)")
+    if isinstance(dataset_or_path, ray.data.Dataset):
+        form, inputs = "dataset", []
+    else:
+        single = isinstance(dataset_or_path, (str, os.PathLike))
+        inputs = [os.fspath(path) for path in ([dataset_or_path] if single else dataset_or_path)]
+        if not inputs:
+            raise ValueError("no input given: name a folder, image files or Parquet files, or pass a Dataset")
+        form = format or ("parquet" if is_parquet(inputs) else "images")
+        if form not in FORMATS:
+            raise ValueError(f"format {format!r}: use {' or '.join(FORMATS)} (a Dataset is recognised by itself)")
     explainer = Explainer(model, layer, method)  # refuses a bad model, layer or method before Ray starts
     preprocessing = preprocessing or preprocessing_for(explainer)
-    output = store.absolute(output)
-    store.prepare(output, inputs)
+    missing = [path for path in inputs if "://" not in path and not os.path.exists(path)]
+    if missing:
+        raise FileNotFoundError(f"no image, folder or Parquet file at {', '.join(map(repr, missing))}")
     if not ray.is_initialized():
         ray.init(address=address)
     started = time.perf_counter()
     dataset, image_column, path_column = encoded_images(dataset_or_path if form == "dataset" else inputs, form,
                                                         image_column, path_column, readers=actors)
+    output = store.absolute(output)
+    store.prepare(output, inputs)  # once the inputs are found: a run that cannot start leaves no folder
     constructor = dict(model=model, layer=layer, method=method, preprocessing=preprocessing, output=output,
                        targets=targets, threads=max(1, int(num_cpus)), overlays=overlays,
                        root=store.common_root(inputs) if form == "images" else None, alpha=alpha, colormap=colormap,
