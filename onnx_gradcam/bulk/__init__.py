@@ -96,7 +96,8 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
         form, inputs = "dataset", []
     else:
         single = isinstance(dataset_or_path, (str, os.PathLike))
-        inputs = [os.fspath(path) for path in ([dataset_or_path] if single else dataset_or_path)]
+        # absolute, as workers run in other folders; the summary's paths are then as Ray reports them
+        inputs = [store.absolute(os.fspath(path)) for path in ([dataset_or_path] if single else dataset_or_path)]
         if not inputs:
             raise ValueError("no input given: name a folder, image files or Parquet files, or pass a Dataset")
         form = format or ("parquet" if is_parquet(inputs) else "images")
