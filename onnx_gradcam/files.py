@@ -1,5 +1,7 @@
 """Explaining image files: read and preprocess them, explain in batches, write overlays, maps and a summary
-(summary.json and summary.csv) with one row per input, in input order.
+(summary.json and summary.csv) with one row per input, in input order. The three stages overlap
+(:mod:`onnx_gradcam.pipeline`); the summary is kept as the run goes, so a stopped run can be resumed
+(:mod:`onnx_gradcam.summary`).
 
 Outputs are named after the image's path below the deepest folder common to all inputs, extension kept
 (``photos/dup.jpg`` -> ``dup.jpg_cam.png`` and ``dup.jpg_cam.npy``; ``a/dup.jpg`` and ``b/dup.jpg`` together ->

@@ -64,9 +64,9 @@ class Summary:
         """Open the journal; with ``resume`` keep an earlier run's rows and return them by image path (links
         resolved), else start it empty. An earlier summary of another layer, method or kind of score is
         refused: its outputs are not this run's."""
-        if os.path.exists(self.json_path):
-            os.remove(self.json_path)
         previous = self._read() if resume and os.path.exists(self.csv_path) else None
+        if os.path.exists(self.json_path):  # after the checks: a refused --resume leaves both files as they were
+            os.remove(self.json_path)
         if previous is None:
             self._save(self.csv_path, self._table([]))
         self._journal = open(self.csv_path, "a", newline="")

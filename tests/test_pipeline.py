@@ -112,11 +112,12 @@ def test_no_overlays_writes_maps_and_the_summary_and_resume_adds_the_overlays(wo
 def test_resume_refuses_another_runs_summary(work, model, flags, expected):
     out = work / f"out_refuse_{model}"
     assert cli("m.onnx", "photos/00.jpg", "--out", out, cwd=work)[0] == 0
-    before = (out / "summary.csv").read_bytes()
+    before = {name: (out / name).read_bytes() for name in ("summary.csv", "summary.json")}
     status, _, stderr = cli(model, "photos/00.jpg", "photos/01.jpg", "--out", out, "--resume", *flags, cwd=work)
     (line,) = [line for line in stderr.splitlines() if "error:" in line]
     assert status == 2 and "--resume" in line and expected in line
-    assert (out / "summary.csv").read_bytes() == before and not (out / "01.jpg_cam.npy").exists()
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "01.jpg_cam.npy").exists()
 
 
 def test_workers_must_be_a_positive_number(work):
