@@ -142,8 +142,8 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
                                     workers or default_workers(), keep_going)
         bar.end()
         outcomes.update(ran)
-        reason = f"not explained: stopped after {failure and failure.image!r} failed (--keep-going explains the rest)"
-        result = [outcomes.get(i) or Outcome(path, "skipped", reason) for i, path in enumerate(images)]
+        stopped = failure and f"not explained: stopped after {failure.image!r} failed (--keep-going explains the rest)"
+        result = [outcomes.get(i) or Outcome(path, "skipped", stopped) for i, path in enumerate(images)]
         summary.finish(result)
     finally:
         summary.close()
