@@ -15,8 +15,10 @@ than white noise, which neither JPEG nor PNG compresses). Rows:
 
 Both ONNX Runtime rows use the command's session options (``onnx_gradcam.pipeline.session_options``: full
 optimisation, one intra-op thread per core, threads not spinning between runs); torch uses every core with
-OMP_WAIT_POLICY=PASSIVE. The rows run in turn, round after round (``--rounds``), so machine noise hits them
-alike; each row's images per second is its images over its time, all rounds together.
+OMP_WAIT_POLICY=PASSIVE. Each row runs between two runs of the bare session, round after round (``--rounds``),
+and its ratio is taken to the mean of those two: on a machine shared with other work the load drifts over
+a pass of 512 images, and a ratio to bare runs minutes away measured the drift. The table gives medians
+over the rounds.
 
     python benchmarks/bench_throughput.py [--images 512] [--batch 16] [--rounds 2]
 """
@@ -28,6 +30,7 @@ import contextlib
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -146,24 +149,41 @@ def main() -> None:
                    ROWS[1]: _command(model_path, folder, work, args.batch, []),
                    ROWS[2]: _command(model_path, folder, work, args.batch, ["--no-overlays"]),
                    ROWS[3]: _pytorch_grad_cam(model, paths, work, args.batch)}
-        seconds = dict.fromkeys(ROWS, 0.0)
-        for _ in range(args.rounds):
-            for row, run in runners.items():
-                start = time.perf_counter()
-                run()
-                seconds[row] += time.perf_counter() - start
+        rates, ratios = _bracketed(runners, args.rounds, args.images)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     from onnx_gradcam.pipeline import default_workers
 
-    rates = {row: args.images * args.rounds / seconds[row] for row in ROWS}
     print(f"ResNet-50 (random weights), Grad-CAM at the default layer, {args.images} JPEGs of 224x224, batch "
           f"{args.batch}, {os.cpu_count()} CPU cores, {default_workers()} reader and writer threads, "
-          f"{args.rounds} interleaved rounds")
-    print(f"{'row':<26}{'images/s':>10}{'x bare session':>16}")
-    for row in ROWS:
-        print(f"{row:<26}{rates[row]:>10.1f}{rates[row] / rates[ROWS[0]]:>16.2f}")
+          f"{args.rounds} rounds, each row between two bare-session runs")
+    print(f"{'row':<26}{'images/s':>10}{'x bare session':>16}   per round")
+    print(f"{ROWS[0]:<26}{statistics.median(rates[ROWS[0]]):>10.1f}{1:>16.2f}")
+    for row in ROWS[1:]:
+        rounds = " ".join(f"{ratio:.2f}" for ratio in ratios[row])
+        print(f"{row:<26}{statistics.median(rates[row]):>10.1f}{statistics.median(ratios[row]):>16.2f}   {rounds}")
+
+
+def _bracketed(runners: dict, rounds: int, images: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Images per second of every run of each row, and (but for the bare row) each run's ratio to the mean
+    rate of the bare-session runs just before and after it."""
+    bare = ROWS[0]
+    rates: dict[str, list[float]] = {row: [] for row in ROWS}
+    ratios: dict[str, list[float]] = {row: [] for row in ROWS[1:]}
+    for _ in range(rounds):
+        rates[bare].append(images / _seconds(runners[bare]))
+        for row in ROWS[1:]:
+            rates[row].append(images / _seconds(runners[row]))
+            rates[bare].append(images / _seconds(runners[bare]))
+            ratios[row].append(rates[row][-1] / statistics.mean(rates[bare][-2:]))
+    return rates, ratios
+
+
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
