@@ -22,6 +22,7 @@ from .files import OVERLAY_SIZES, explain_files, find_images, input_folders, pre
 from .graph.layers import UnknownLayerError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
+from .pipeline import default_workers, session_options
 from .scores.faithfulness import FAITHFULNESS
 from .subject import PRECISIONS
 from .writing import atomic, file_to_write, refuse_inputs, same_file
@@ -208,7 +209,15 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
                         help="overlays at the original image's size and aspect (the map resized back), or at the "
                              "model's input size (default original)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                        help="images per ONNX Runtime run (default 16)")
+                        help="images per ONNX Runtime run, of one size (default 16)")
+    parser.add_argument("--workers", type=_positive_int, default=default_workers(), metavar="N",
+                        help="threads reading images, and as many writing outputs, while ONNX Runtime runs "
+                             f"(default {default_workers()})")
+    parser.add_argument("--no-overlays", dest="overlays", action="store_false",
+                        help="write maps (.npy) and the summary only")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the images the summary in --out holds as explained, their outputs there, and "
+                             "explain the rest (an interrupted run; refused for another layer or method)")
     parser.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
                         help="explain the other images when one fails and exit 0 (the failures are rows of the "
                              "summary); without it a failure stops the run with exit status 1. Default: on when "
@@ -292,21 +301,25 @@ def _explain(args) -> int:
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     explainer = Explainer(model_path, layer=args.explain_layers or "auto", method=args.method, output=args.output,
-                          eigen_smooth=args.eigen_smooth, layout=args.layout, precision=args.precision)
+                          eigen_smooth=args.eigen_smooth, layout=args.layout, precision=args.precision,
+                          session_options=session_options)
     images = find_images(image_args)
     _check_out_folder(args.out, image_args, args.into_input_folder)
     keep_going = args.keep_going if args.keep_going is not None else any(os.path.isdir(p) for p in image_args)
     overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
     outcomes = explain_files(explainer, images, args.out, args.target, preprocessing_for(explainer, overrides),
                              args.batch_size, args.alpha, args.colormap, aug_smooth=args.aug_smooth,
-                             keep_going=keep_going, overlay_size=args.overlay_size)
+                             keep_going=keep_going, overlay_size=args.overlay_size, workers=args.workers,
+                             resume=args.resume, overlays=args.overlays)
     for outcome in outcomes:
         if outcome.status != "explained":
             print(f"{outcome.status} {outcome.image}: {outcome.reason}", file=sys.stderr)
     failed = sum(o.status == "failed" for o in outcomes)
     explained = sum(o.status == "explained" for o in outcomes)
+    resumed = sum(o.resumed for o in outcomes)
     print(f"explained {explained} of {len(outcomes)} images ({failed} failed) at "
-          f"{', '.join(explainer.subject.keys)}; wrote {args.out}")
+          f"{', '.join(explainer.subject.keys)}; wrote {args.out}" +
+          (f"; {resumed} were done already (--resume)" if args.resume else ""))
     return SOME_IMAGES_FAILED if failed and not keep_going else 0
 
 
