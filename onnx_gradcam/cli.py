@@ -28,6 +28,8 @@ from .subject import PRECISIONS
 from .writing import atomic, file_to_write, refuse_inputs, same_file
 
 SOME_IMAGES_FAILED, USAGE_ERROR = 1, 2
+LOCAL_RAY = "local"
+"""``--ray`` given no address: start a local Ray instance."""
 """Exit statuses besides 0: an image failed (without --keep-going), or the command could not run."""
 
 
@@ -218,6 +220,10 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
     parser.add_argument("--resume", action="store_true",
                         help="keep the images the summary in --out holds as explained, their outputs there, and "
                              "explain the rest (an interrupted run; refused for another layer or method)")
+    parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                        help="explain on Ray Data (pip install onnx-gradcam[ray]): a local Ray instance, or the "
+                             "cluster at ADDRESS (auto, ray://head:10001); --workers actors of one CPU each. "
+                             "Writes maps/ and summary/ as Parquet (and overlays/ unless --no-overlays) into --out")
     parser.add_argument("--keep-going", action=argparse.BooleanOptionalAction, default=None,
                         help="explain the other images when one fails and exit 0 (the failures are rows of the "
                              "summary); without it a failure stops the run with exit status 1. Default: on when "
@@ -300,6 +306,8 @@ def _explain(args) -> int:
 
 
 def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
+    if args.ray is not None:
+        return _explain_on_ray(model_path, image_args, args)
     explainer = Explainer(model_path, layer=args.explain_layers or "auto", method=args.method, output=args.output,
                           eigen_smooth=args.eigen_smooth, layout=args.layout, precision=args.precision,
                           session_options=session_options)
@@ -321,6 +329,33 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
           f"{', '.join(explainer.subject.keys)}; wrote {args.out}" +
           (f"; {resumed} were done already (--resume)" if args.resume else ""))
     return SOME_IMAGES_FAILED if failed and not keep_going else 0
+
+
+ON_THE_HOST_ONLY = {"resume": "--resume", "aug_smooth": "--aug-smooth", "eigen_smooth": "--eigen-smooth",
+                    "output": "--output", "layout": "--layout"}
+"""explain's options a Ray run does not take (its summary is Parquet, its explainer the model's defaults)."""
+
+
+def _explain_on_ray(model_path: str, image_args: Sequence[str], args) -> int:
+    """``explain --ray``: the images explained by :func:`onnx_gradcam.bulk.explain_dataset`."""
+    given = [flag for name, flag in ON_THE_HOST_ONLY.items() if getattr(args, name)]
+    given += ["--precision"] * (args.precision != "float32") + ["--overlay-size"] * (args.overlay_size != "original")
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot be used with --ray; leave them out, or run without --ray")
+    from .bulk import explain_dataset
+
+    _check_out_folder(args.out, image_args, args.into_input_folder)
+    overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
+    preprocessing = (preprocessing_for(Explainer(model_path, layer=args.explain_layers or "auto"), overrides)
+                     if any(value is not None for value in overrides.values()) else None)
+    summary = explain_dataset(list(image_args), model_path, args.out, layer=args.explain_layers or "auto",
+                              method=args.method, targets=args.target, actors=args.workers,
+                              batch_size=args.batch_size, overlays=args.overlays, preprocessing=preprocessing,
+                              alpha=args.alpha, colormap=args.colormap,
+                              address=None if args.ray == LOCAL_RAY else args.ray)
+    print(summary)
+    keep_going = args.keep_going if args.keep_going is not None else True
+    return SOME_IMAGES_FAILED if summary.failed and not keep_going else 0
 
 
 def _check_out_folder(out: str, image_args: Sequence[str], allowed: bool) -> None:

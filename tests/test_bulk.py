@@ -151,3 +151,19 @@ def test_without_ray_the_error_says_what_to_install():
     """
     printed = run_python_without(["ray"], script).stdout.strip()
     assert printed.count("\n") == 0 and printed.endswith("pip install onnx-gradcam[ray]")
+
+
+def test_explain_command_with_ray_runs_the_bulk_pipeline(model, folder, tmp_path, capsys):
+    from onnx_gradcam.cli import main
+
+    out = tmp_path / "ray_out"
+    assert main(["explain", model, str(folder), "--out", str(out), "--ray", "--workers", "2", "--target", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "200 of 201 images explained (1 failed) by 2 actor(s)" in printed
+    rows = bulk.read_summary(str(out)).to_pylist()
+    assert len(rows) == IMAGES + 1
+    assert {row["explained_class"] for row in rows if row["status"] == "explained"} == {1}
+    assert len(os.listdir(out / "overlays")) == IMAGES
+    assert main(["explain", model, str(folder), "--out", str(tmp_path / "other"), "--ray", "--resume",
+                 "--aug-smooth"]) == 2
+    assert "--resume, --aug-smooth cannot be used with --ray" in capsys.readouterr().err
