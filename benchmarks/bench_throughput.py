@@ -9,7 +9,8 @@ than white noise, which neither JPEG nor PNG compresses). Rows:
 - ``onnx-gradcam explain``: the command, in process (``onnx_gradcam.cli.main``), timed from the call to its
   return: building the explainer and its session, decoding, explaining, writing overlays, maps and the
   summary. In process, so that Python's start-up and imports (a fixed second or so of any command, not
-  explain's work) are not counted; nothing else is subtracted. ``--no-overlays`` as a second row.
+  explain's work) are not counted; nothing else is subtracted. ``--overlay-format jpg`` and ``--no-overlays``
+  as further rows.
 - ``pytorch-grad-cam loop``: a plain Python loop over the same files and batch: decode with PIL, its
   ``GradCAM`` at ``model.layer4``, an overlay with ``show_cam_on_image`` saved with PIL, and the map.
 
@@ -35,7 +36,8 @@ import sys
 import tempfile
 import time
 
-ROWS = ("bare exported session", "onnx-gradcam explain", "explain --no-overlays", "pytorch-grad-cam loop")
+ROWS = ("bare exported session", "onnx-gradcam explain", "explain --overlay-format jpg", "explain --no-overlays",
+        "pytorch-grad-cam loop")
 
 
 def _images(folder: str, count: int) -> list[str]:
@@ -147,8 +149,9 @@ def main() -> None:
         model = _model(model_path)
         runners = {ROWS[0]: _bare(model_path, work, paths, args.batch),
                    ROWS[1]: _command(model_path, folder, work, args.batch, []),
-                   ROWS[2]: _command(model_path, folder, work, args.batch, ["--no-overlays"]),
-                   ROWS[3]: _pytorch_grad_cam(model, paths, work, args.batch)}
+                   ROWS[2]: _command(model_path, folder, work, args.batch, ["--overlay-format", "jpg"]),
+                   ROWS[3]: _command(model_path, folder, work, args.batch, ["--no-overlays"]),
+                   ROWS[4]: _pytorch_grad_cam(model, paths, work, args.batch)}
         rates, ratios = _bracketed(runners, args.rounds, args.images)
     finally:
         shutil.rmtree(work, ignore_errors=True)

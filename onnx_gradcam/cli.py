@@ -18,7 +18,7 @@ from . import __version__, layers_and_default
 from .autodiff import UnsupportedOperatorError
 from .explainer import EXPORT_TARGETS, Explainer
 from .export import default_name, explainer_to_export, write_triton_entry
-from .files import OVERLAY_SIZES, explain_files, find_images, input_folders, preprocessing_for
+from .files import OVERLAY_FORMATS, OVERLAY_SIZES, explain_files, find_images, input_folders, preprocessing_for
 from .graph.layers import UnknownLayerError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .methods import GRADIENT_METHODS, METHODS
@@ -210,6 +210,9 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
     parser.add_argument("--overlay-size", choices=OVERLAY_SIZES, default="original",
                         help="overlays at the original image's size and aspect (the map resized back), or at the "
                              "model's input size (default original)")
+    parser.add_argument("--overlay-format", choices=OVERLAY_FORMATS, default="png",
+                        help="overlay files: png (lossless) or jpg (quality 90: a fifth of the size, and 30 times "
+                             "faster to encode) (default png)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per ONNX Runtime run, of one size (default 16)")
     parser.add_argument("--workers", type=_positive_int, default=default_workers(), metavar="N",
@@ -317,7 +320,8 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
     outcomes = explain_files(explainer, images, args.out, args.target, preprocessing_for(explainer, overrides),
                              args.batch_size, args.alpha, args.colormap, aug_smooth=args.aug_smooth,
-                             keep_going=keep_going, overlay_size=args.overlay_size, workers=args.workers,
+                             keep_going=keep_going, overlay_size=args.overlay_size,
+                             overlay_format=args.overlay_format, workers=args.workers,
                              resume=args.resume, overlays=args.overlays)
     for outcome in outcomes:
         if outcome.status != "explained":
@@ -340,6 +344,7 @@ def _explain_on_ray(model_path: str, image_args: Sequence[str], args) -> int:
     """``explain --ray``: the images explained by :func:`onnx_gradcam.bulk.explain_dataset`."""
     given = [flag for name, flag in ON_THE_HOST_ONLY.items() if getattr(args, name)]
     given += ["--precision"] * (args.precision != "float32") + ["--overlay-size"] * (args.overlay_size != "original")
+    given += ["--overlay-format"] * (args.overlay_format != "png")
     if given:
         raise ValueError(f"{', '.join(given)} cannot be used with --ray; leave them out, or run without --ray")
     from .bulk import explain_dataset

@@ -12,6 +12,7 @@ atomically, and none is written over an input.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import os
 import sys
 from typing import Iterable, Optional, Sequence, Union
@@ -30,10 +31,28 @@ from .writing import atomic, output_folder, refuse_inputs, same_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OVERLAY_SIZES = ("original", "model")
-OVERLAY_PNG_LEVEL = 1
-"""zlib level of overlay PNGs: on a 224x224 overlay of a photograph-like image level 1 took 3.7 ms against 12.4 ms
-at Pillow's default 6, for a file 12% larger (88 kB against 79 kB); at hundreds of images a second the encoder
-was the command's largest cost besides the session."""
+OVERLAY_FORMATS = {"png": ("PNG", {"compress_level": 1}), "jpg": ("JPEG", {"quality": 90})}
+"""How overlays are encoded. PNG at zlib level 1: on a 224x224 overlay of a photograph-like image it took 3.7 ms
+against 12.4 ms at Pillow's default 6, for a file 12% larger; at tens of images a second the encoder is the
+command's largest cost besides the session. JPEG at quality 90 takes 0.12 ms for a file a fifth the size, lossy
+as a photograph already is."""
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How overlays look and are written: map opacity, colormap, at the ``original`` image's size or the
+    ``model``'s, and the file format (a key of ``OVERLAY_FORMATS``)."""
+
+    alpha: float = 0.5
+    colormap: str = "jet"
+    size: str = "original"
+    format: str = "png"
+
+    def __post_init__(self):
+        if self.size not in OVERLAY_SIZES:
+            raise ValueError(f"overlay size {self.size!r}: use {' or '.join(OVERLAY_SIZES)}")
+        if self.format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay format {self.format!r}: use {' or '.join(OVERLAY_FORMATS)}")
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 _SCORE_KINDS = {"Softmax": "probability", "Sigmoid": "probability", "LogSoftmax": "log_probability"}
 
@@ -105,7 +124,7 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
                   preprocessing: Optional[Preprocessing] = None, batch_size: int = 16, alpha: float = 0.5,
                   colormap: str = "jet", progress: bool = True, aug_smooth: bool = False, keep_going: bool = True,
                   overlay_size: str = "original", workers: Optional[int] = None, resume: bool = False,
-                  overlays: bool = True) -> list[Outcome]:
+                  overlays: bool = True, overlay_format: str = "png") -> list[Outcome]:
     """Explain every image file, one :class:`Outcome` per input in input order (also written to the summary).
 
     Reading, explaining and writing overlap (:mod:`onnx_gradcam.pipeline`): ``workers`` threads read and as
@@ -113,7 +132,8 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
     explained fails with its reason; with ``keep_going`` the rest go on, without it the run stops there and
     the inputs not reached are skipped. A file given twice (links resolved) is explained once.
     ``overlay_size``: ``original`` (the map resized to the image as read) or ``model`` (the image resized to
-    the model's input); ``overlays=False`` writes maps and the summary only. Maps (.npy) are at the model's
+    the model's input); ``overlay_format``: ``png`` or ``jpg`` (``<name>_cam.png`` or ``_cam.jpg``);
+    ``overlays=False`` writes maps and the summary only. Maps (.npy) are at the model's
     input size. A model of symbolic image size, with no size given, explains each image at its own size:
     batches are formed of images of one size. ``resume``: images the summary already holds as explained,
     with their outputs on disk, are kept as they are (``Outcome.resumed``), the others explained.
@@ -122,12 +142,10 @@ def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, tar
         raise ValueError(f"batch size {batch_size}: explain at least 1 image per run")
     if workers is not None and workers < 1:
         raise ValueError(f"workers {workers}: read and write with at least 1 thread")
-    if overlay_size not in OVERLAY_SIZES:
-        raise ValueError(f"overlay size {overlay_size!r}: use {' or '.join(OVERLAY_SIZES)}")
+    style = OverlayStyle(alpha, colormap, overlay_size, overlay_format)
     preprocessing = preprocessing or preprocessing_for(explainer)
     output_folder(out_dir)
-    files = _FileStages(explainer, images, out_dir, preprocessing, targets, aug_smooth,
-                        (alpha, colormap, overlay_size) if overlays else None)
+    files = _FileStages(explainer, images, out_dir, preprocessing, targets, aug_smooth, style if overlays else None)
     summary = Summary(out_dir, explainer.subject.keys, explainer.method, score_kind(explainer), images)
     try:
         outcomes = _known(images, summary.start(resume), files)
@@ -167,15 +185,15 @@ def _known(images: Sequence[str], previous: dict[str, Outcome], files: "_FileSta
 
 class _FileStages:
     """The pipeline's stages for image files: read and preprocess, explain a batch, write the overlay (unless
-    ``overlay`` is None; else it is (alpha, colormap, overlay size)) and the map into ``out_dir``."""
+    ``overlay`` is None) and the map into ``out_dir``."""
 
     def __init__(self, explainer: Explainer, images: Sequence[str], out_dir: str, preprocessing: Preprocessing,
-                 targets, aug_smooth: bool, overlay: Optional[tuple]):
+                 targets, aug_smooth: bool, overlay: Optional[OverlayStyle]):
         self.explainer, self.images, self.preprocessing = explainer, images, preprocessing
         self.targets, self.aug_smooth, self.overlay = targets, aug_smooth, overlay
         bases = [os.path.join(out_dir, name) for name in output_names(images)]
         self.maps = [base + "_cam.npy" for base in bases]
-        self.overlays = [base + "_cam.png" for base in bases]
+        self.overlays = [f"{base}_cam.{overlay.format if overlay else 'png'}" for base in bases]
         self._inputs = {os.path.realpath(path): path for path in images}  # one look-up per file written
 
     def written(self, index: int, outcome: Outcome) -> bool:
@@ -202,11 +220,12 @@ class _FileStages:
         os.makedirs(os.path.dirname(self.maps[index]), exist_ok=True)
         try:
             if self.overlay:
-                alpha, colormap, overlay_size = self.overlay
-                size = self.preprocessing.size if overlay_size == "model" else None
-                picture = overlay(display_rgb(read.picture, size), cam, alpha, colormap)
+                style = self.overlay
+                size = self.preprocessing.size if style.size == "model" else None
+                picture = overlay(display_rgb(read.picture, size), cam, style.alpha, style.colormap)
+                encoding, options = OVERLAY_FORMATS[style.format]
                 overlay_path = self._save(self.overlays[index], lambda handle: picture.save(
-                    handle, format="PNG", compress_level=OVERLAY_PNG_LEVEL))
+                    handle, format=encoding, **options))
             map_path = self._save(self.maps[index], lambda handle: np.save(handle, cam))
         except ValueError as error:
             return Outcome(read.image, "failed", str(error))

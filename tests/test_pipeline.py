@@ -144,3 +144,16 @@ def test_images_of_one_size_share_a_batch_wherever_they_are(tmp_path):
         cam = np.load(outcome.map)
         assert cam.shape == size
         np.testing.assert_allclose(cam, alone(pixels).cams[0], atol=1e-6)
+
+
+def test_jpeg_overlays_are_written_at_each_images_size(work, tmp_path):
+    out = tmp_path / "jpg"
+    photos = sorted((work / "photos").iterdir())[:3]
+    status, _, _ = cli(work / "m.onnx", *photos, "--out", out, "--overlay-format", "jpg", cwd=tmp_path)
+    assert status == 0
+    rows = csv_rows(out / "summary.csv")
+    assert [os.path.basename(row["overlay"]) for row in rows] == [f"{p.name}_cam.jpg" for p in photos]
+    for row, photo in zip(rows, photos):
+        with Image.open(row["overlay"]) as written, Image.open(photo) as original:
+            assert written.format == "JPEG" and written.size == original.size
+    assert not list(out.glob("*_cam.png"))
