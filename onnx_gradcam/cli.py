@@ -142,6 +142,7 @@ def _scan_parser(commands) -> None:
     scan.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                       help="images per ONNX Runtime run (default 16)")
     scan.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
+    _preprocessing_options(scan)
     scan.set_defaults(run=_scan)
 
 
@@ -188,18 +189,7 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
     parser.add_argument("--aug-smooth", action="store_true", help="average over flips and brightness changes")
     parser.add_argument("--target", type=int, metavar="CLASS",
                         help="class to explain for every image (default: each image's top class)")
-    parser.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
-                        help="resize images to H W (default: from the model's metadata or its input shape; a "
-                             "fixed-size model takes its own size only; a model of any size, none given, "
-                             "explains each image at its own size)")
-    parser.add_argument("--mean", type=_finite, nargs="+", metavar="M",
-                        help="mean subtracted after scaling pixels to [0, 1]: one per channel, or one for all "
-                             "(default: metadata, else 0)")
-    parser.add_argument("--std", type=_nonzero_float, nargs="+", metavar="S",
-                        help="std divided by after the mean: one per channel, or one for all (default: metadata, "
-                             "else 1)")
-    parser.add_argument("--channel-order", choices=["RGB", "BGR"],
-                        help="channel order the model expects (default: metadata, else RGB)")
+    _preprocessing_options(parser)
     parser.add_argument("--layout", choices=["NCHW", "NHWC"], help="the image input's layout (default: from the "
                                                                    "model's metadata or its input shape)")
     parser.add_argument("--output", metavar="NAME", help="the model output to explain; the first by default")
@@ -231,6 +221,26 @@ def _explain_options(parser: argparse.ArgumentParser, layer_flag: str, out_requi
                         help="explain the other images when one fails and exit 0 (the failures are rows of the "
                              "summary); without it a failure stops the run with exit status 1. Default: on when "
                              "an input is a folder, off for files only")
+
+
+def _preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """How image files become the model's input, where the model's metadata does not say (or says wrong)."""
+    parser.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="resize images to H W (default: from the model's metadata or its input shape; a "
+                             "fixed-size model takes its own size only; a model of any size, none given, "
+                             "explains each image at its own size)")
+    parser.add_argument("--mean", type=_finite, nargs="+", metavar="M",
+                        help="mean subtracted after scaling pixels to [0, 1]: one per channel, or one for all "
+                             "(default: metadata, else 0)")
+    parser.add_argument("--std", type=_nonzero_float, nargs="+", metavar="S",
+                        help="std divided by after the mean: one per channel, or one for all (default: metadata, "
+                             "else 1)")
+    parser.add_argument("--channel-order", choices=["RGB", "BGR"],
+                        help="channel order the model expects (default: metadata, else RGB)")
+
+
+def _preprocessing_overrides(args) -> dict:
+    return {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
 
 
 def _positive_int(text: str) -> int:
@@ -317,7 +327,7 @@ def _explain_with(model_path: str, image_args: Sequence[str], args) -> int:
     images = find_images(image_args)
     _check_out_folder(args.out, image_args, args.into_input_folder)
     keep_going = args.keep_going if args.keep_going is not None else any(os.path.isdir(p) for p in image_args)
-    overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
+    overrides = _preprocessing_overrides(args)
     outcomes = explain_files(explainer, images, args.out, args.target, preprocessing_for(explainer, overrides),
                              args.batch_size, args.alpha, args.colormap, aug_smooth=args.aug_smooth,
                              keep_going=keep_going, overlay_size=args.overlay_size,
@@ -350,7 +360,7 @@ def _explain_on_ray(model_path: str, image_args: Sequence[str], args) -> int:
     from .bulk import explain_dataset
 
     _check_out_folder(args.out, image_args, args.into_input_folder)
-    overrides = {"size": args.size, "mean": args.mean, "std": args.std, "channel_order": args.channel_order}
+    overrides = _preprocessing_overrides(args)
     preprocessing = (preprocessing_for(Explainer(model_path, layer=args.explain_layers or "auto"), overrides)
                      if any(value is not None for value in overrides.values()) else None)
     summary = explain_dataset(list(image_args), model_path, args.out, layer=args.explain_layers or "auto",
@@ -382,7 +392,8 @@ def _scan(args) -> int:
         result = scan(args.model, args.images, ground_truth=args.boxes or args.masks,
                       layers=args.scan_layers or "all", methods=args.methods or ["gradcam"], targets=args.target,
                       output=args.output, faithfulness=args.faithfulness, rank_by=args.rank_by,
-                      batch_size=args.batch_size, grid_images=args.grid_images, out=args.out)
+                      batch_size=args.batch_size, grid_images=args.grid_images, out=args.out,
+                      preprocessing=_preprocessing_overrides(args))
     for warning in caught:
         print(f"onnx-gradcam scan: {warning.message}", file=sys.stderr)
     print(result.recommendation)

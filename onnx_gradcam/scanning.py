@@ -74,7 +74,8 @@ class _Tally:
 
 def scan(model: ModelLike, images, ground_truth=None, layers: Union[str, Sequence[str]] = "all",
          methods: Sequence[str] = ("gradcam",), targets=None, output=None, faithfulness: Optional[Sequence[str]] = None,
-         rank_by: Optional[Sequence[str]] = None, batch_size: int = 16, preprocessing: Optional[Preprocessing] = None,
+         rank_by: Optional[Sequence[str]] = None, batch_size: int = 16,
+         preprocessing: Union[Preprocessing, dict, None] = None,
          grid_images: int = GRID_IMAGES, out: Optional[str] = None, progress: bool = True,
          providers="auto") -> ScanResult:
     """Score the maps of every layer (and method) over a data set, rank them and recommend one.
@@ -95,6 +96,8 @@ def scan(model: ModelLike, images, ground_truth=None, layers: Union[str, Sequenc
             (all but ROAD, which costs far more); () none.
         rank_by: the scores the ranking uses; by default the localisation scores with ground truth, else the
             faithfulness scores.
+        preprocessing: for image files, a :class:`~onnx_gradcam.images.Preprocessing`, or overrides of the
+            model's own (``{"size": (H, W), "mean": ..., "std": ..., "channel_order": "BGR"}``).
         out: a folder to write the report into (``scores.csv``, ``scores.json``, the plot, the grid,
             ``report.html``).
     """
@@ -102,6 +105,7 @@ def scan(model: ModelLike, images, ground_truth=None, layers: Union[str, Sequenc
     unknown = [name for name in faithfulness if name not in FAITHFULNESS]
     if unknown:
         raise ValueError(f"unknown faithfulness scores {unknown}; known: {', '.join(FAITHFULNESS)}")
+    directions, rank_by = _scores_and_ranking(faithfulness, rank_by, ground_truth is not None)
     explainers = {method: Explainer(model, layer=layers, method=method, output=output, providers=providers)
                   for method in methods}
     first = next(iter(explainers.values()))
@@ -131,8 +135,8 @@ def scan(model: ModelLike, images, ground_truth=None, layers: Union[str, Sequenc
             show_progress(done, total, unit="images scanned")
     if scored == 0:
         raise ValueError("no image was scored: " + ("; ".join(notes) if notes else "no images given"))
-    result = _result(model, first, keys, methods, tally, grid, notes, faithfulness, rank_by,
-                     ground_truth is not None, scored)
+    result = _result(first, keys, methods, tally, grid, notes, directions, rank_by, scored,
+                     f"onnx-gradcam scan of {_model_name(model)}")
     if out is not None:
         write_report(result, out)
     return result
@@ -175,16 +179,17 @@ def _small(cam: np.ndarray) -> np.ndarray:
 
 
 # --- where images and their ground truth come from ----------------------------------------------------------
-def _batches(images, ground_truth, explainer: Explainer, batch_size: int, preprocessing: Optional[Preprocessing]
-             ) -> Iterator[tuple[Optional[_Batch], list[str], int, int]]:
+def _batches(images, ground_truth, explainer: Explainer, batch_size: int,
+             preprocessing: Union[Preprocessing, dict, None]) -> Iterator[tuple[Optional[_Batch], list[str], int, int]]:
     """(a batch or None, notes on images skipped, images done so far, images in all), batch by batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: scan at least 1 image per run")
     if isinstance(images, np.ndarray):
         return _array_batches(images, _array_truth(ground_truth, len(images)), explainer, batch_size)
     paths = find_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
-    return _file_batches(paths, _file_truth(ground_truth), explainer, batch_size,
-                         preprocessing or preprocessing_for(explainer))
+    if not isinstance(preprocessing, Preprocessing):
+        preprocessing = preprocessing_for(explainer, preprocessing)
+    return _file_batches(paths, _file_truth(ground_truth), explainer, batch_size, preprocessing)
 
 
 def _array_truth(ground_truth, count: int) -> Optional[GroundTruth]:
@@ -297,15 +302,25 @@ def _display(row: np.ndarray, layout: str) -> np.ndarray:
 
 
 # --- ranking and the result ---------------------------------------------------------------------------------
-def _result(model, explainer: Explainer, keys, methods, tally: _Tally, grid: _Grid, notes, faithfulness, rank_by,
-            with_truth: bool, scored: int) -> ScanResult:
+def _scores_and_ranking(faithfulness: Sequence[str], rank_by: Optional[Sequence[str]], with_truth: bool
+                        ) -> tuple[dict[str, bool], list[str]]:
+    """(each score the scan computes -> higher is better, the scores it ranks by), checked before any image is
+    read: a scan with nothing to score or rank by is refused at once."""
     directions = {name: FAITHFULNESS[name].higher_is_better for name in faithfulness}
     if with_truth:
         directions = {**{name: score.higher_is_better for name, score in LOCALISATION.items()}, **directions}
+    if not directions:
+        raise ValueError("nothing to score: give ground truth (boxes or masks) or faithfulness scores "
+                         f"({', '.join(FAITHFULNESS)})")
     rank_by = list(rank_by) if rank_by else [n for n in directions if (n in LOCALISATION) == with_truth]
     missing = [name for name in rank_by if name not in directions]
     if missing or not rank_by:
         raise ValueError(f"rank_by {missing or rank_by}: rank by scores the scan computes: {', '.join(directions)}")
+    return directions, rank_by
+
+
+def _result(explainer: Explainer, keys, methods, tally: _Tally, grid: _Grid, notes, directions: dict[str, bool],
+            rank_by: list[str], scored: int, title: str) -> ScanResult:
     places = layer_places(explainer.subject.view, explainer.subject.output, explainer.layers)
     rows = []
     for key, layer in zip(keys, explainer.layers):
@@ -324,7 +339,7 @@ def _result(model, explainer: Explainer, keys, methods, tally: _Tally, grid: _Gr
                       grid_maps={f"{rows[i]['layer']} · {rows[i]['method']}": grid.maps[(rows[i]["layer"],
                                                                                            rows[i]["method"])]
                                  for i in columns},
-                      title=f"onnx-gradcam scan of {_model_name(model)}", notes=notes)
+                      title=title, notes=notes)
 
 
 def rank_rows(rows: Sequence[dict], directions: dict[str, bool], rank_by: Sequence[str]) -> list[int]:

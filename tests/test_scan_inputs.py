@@ -108,6 +108,8 @@ def test_ground_truth_that_does_not_fit_is_skipped_with_a_warning(shapes):
         scan(MODEL, images[:4], ground_truth=boxes[:3], layers=LAYERS[-1:], progress=False)
     with pytest.raises(ValueError, match="rank by scores the scan computes"):
         scan(MODEL, images[:4], layers=LAYERS[-1:], rank_by=["pointing_game"], progress=False)
+    with pytest.raises(ValueError, match="nothing to score: give ground truth"):
+        scan(MODEL, images[:4], layers=LAYERS[-1:], faithfulness=(), progress=False)
 
 
 def test_files_without_ground_truth_or_with_a_mask_of_another_size_are_skipped(shapes, tmp_path):
@@ -159,3 +161,21 @@ def test_scan_command_writes_a_report_that_opens_in_chromium(shapes, tmp_path):
     assert page.values["rows"] == len(table["rows"])
     assert len(page.values["pictures"]) == 2 and min(page.values["pictures"]) > 100
     assert "Use layer" in page.values["recommendation"]
+
+
+def test_scan_command_takes_preprocessing_overrides(shapes, tmp_path):
+    images, _, boxes = shapes
+    names = _image_files(tmp_path / "images", images[:2])
+    done = subprocess.run([sys.executable, "-m", "onnx_gradcam", "scan", MODEL, str(tmp_path / "images"),
+                           "--out", str(tmp_path / "scan"), "--mean", "0.5", "--std", "0.25", "--layer", "0.13",
+                           "--faithfulness", "average_drop"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    shifted = scan(MODEL, str(tmp_path / "images"), layers=["0.13"], faithfulness=["average_drop"],
+                   preprocessing={"mean": (0.5,), "std": (0.25,)}, progress=False)
+    plain = scan(MODEL, str(tmp_path / "images"), layers=["0.13"], faithfulness=["average_drop"], progress=False)
+    assert shifted.rows[0]["average_drop"] != pytest.approx(plain.rows[0]["average_drop"], abs=1e-6)
+    refused = subprocess.run([sys.executable, "-m", "onnx_gradcam", "scan", MODEL, str(tmp_path / "images"),
+                              "--out", str(tmp_path / "scan2"), "--size", "32", "32"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "does not fit the model" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(names) == 2
