@@ -11,7 +11,8 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
-      || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null; }
+      || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null; } \
+      || echo "setup: could not install Debian's chromium; the report tests will fail until it is installed" >&2
   else
     echo "setup: chromium is missing; install Debian's chromium package (the report tests open HTML in it)" >&2
   fi
