@@ -7,6 +7,8 @@ as many channels (1, 3 or 4) as the model's input has.
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -96,15 +98,17 @@ def pixels(picture: Image.Image, channels: int = 3, size: Optional[tuple[int, in
     return gray if channels == 3 else np.concatenate([gray, np.ones_like(array)], axis=-1)
 
 
-def load_picture(path: str) -> Image.Image:
+def load_picture(path: str, data: Optional[bytes] = None) -> Image.Image:
     """Open an image file fully (so a truncated or corrupt file fails here, with its name), upright (its EXIF
-    orientation applied), in its own mode (16-bit and float pictures keep their depth for :func:`pixels`)."""
+    orientation applied), in its own mode (16-bit and float pictures keep their depth for :func:`pixels`).
+    ``data``: the file's bytes, already read (a Ray row), decoded in its stead; errors still name ``path``."""
+    source = path if data is None else io.BytesIO(data)
     try:
-        with Image.open(path) as picture:
+        with Image.open(source) as picture:
             picture.load()
             return ImageOps.exif_transpose(picture)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path!r}: {error}") from None
+        raise ValueError(f"cannot read image {path!r}: {str(error).replace(repr(source), repr(path))}") from None
 
 
 def display_rgb(picture: Image.Image, size: Optional[tuple[int, int]]) -> np.ndarray:

@@ -15,14 +15,14 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..explainer import Explainer
 from ..files import score_kind
 from ..graph.model import ModelLike
-from ..images import Preprocessing, display_rgb
+from ..images import Preprocessing, display_rgb, load_picture
 from ..pictures import overlay
-from ..runtime import default_options
+from ..pipeline import session_options
 from . import store
 
 MAP_SCHEMA = pa.schema([("path", pa.string()), ("map", pa.list_(pa.float32())), ("shape", pa.list_(pa.int32()))])
@@ -47,18 +47,6 @@ def summary_schema(kind: str, overlays: bool) -> pa.Schema:
     return pa.schema(fields + ([("overlay", pa.string())] if overlays else []))
 
 
-def decode(path: str, data: bytes) -> Image.Image:
-    """The picture in ``data`` (a file's bytes), upright, as :func:`~onnx_gradcam.images.load_picture` reads a
-    file; a corrupt or truncated one raises ValueError naming ``path``."""
-    stream = io.BytesIO(data)
-    try:
-        with Image.open(stream) as picture:
-            picture.load()
-            return ImageOps.exif_transpose(picture)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path!r}: {str(error).replace(repr(stream), repr(path))}") from None
-
-
 class ExplainActor:
     """Explains batches (``pyarrow.Table`` with encoded images in ``image_column``, their paths in
     ``path_column``) for ``map_batches``; returns their summary rows. ``threads``: ONNX Runtime's intra-op
@@ -70,9 +58,8 @@ class ExplainActor:
                  root: Optional[str] = None, alpha: float = 0.5, colormap: str = "jet", image_column: str = "bytes",
                  path_column: str = "path"):
         def options() -> ort.SessionOptions:
-            chosen = default_options()
+            chosen = session_options()
             chosen.intra_op_num_threads = threads
-            chosen.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return chosen
 
         self.explainer = Explainer(model, layer, method, session_options=options)
@@ -91,7 +78,7 @@ class ExplainActor:
         groups: dict[tuple, list[tuple[int, Image.Image, np.ndarray]]] = {}
         for index, (path, encoded) in enumerate(zip(paths, data)):
             try:
-                picture = decode(path, encoded)
+                picture = load_picture(path, encoded)
                 pixels = self.preprocessing(picture)
             except ValueError as error:
                 rows[index]["reason"] = str(error)
