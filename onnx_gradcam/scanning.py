@@ -19,6 +19,7 @@ from PIL import Image
 
 from .explainer import Explainer
 from .files import find_images, preprocessing_for, show_progress
+from .graph.layout import image_hw
 from .graph.model import ModelLike
 from .graph.places import places as layer_places
 from .images import Preprocessing, display_rgb, load_picture
@@ -215,14 +216,13 @@ def _file_truth(ground_truth) -> Optional[GroundTruth]:
 
 def _array_batches(images: np.ndarray, truth: Optional[GroundTruth], explainer: Explainer, batch_size: int):
     layout = explainer.subject.image_layout
-    height_axis = 2 if layout == "NCHW" else 1
-    size = images.shape[height_axis:height_axis + 2]
+    size = tuple(image_hw(images.shape, layout))
     for start in range(0, len(images), batch_size):
         rows = range(start, min(start + batch_size, len(images)))
         kept, masks, notes = [], [], []
         for index in rows:
             try:
-                mask = None if truth is None else truth.mask_for_index(index, tuple(size))
+                mask = None if truth is None else truth.mask_for_index(index, size)
             except GroundTruthError as error:
                 notes.append(f"image {index} skipped: {error}")
                 continue
@@ -247,23 +247,21 @@ def _file_batches(paths: Sequence[str], truth: Optional[GroundTruth], explainer:
         try:
             picture = load_picture(path)
             row = preprocessing(picture)
+            size = tuple(image_hw((1, *row.shape), explainer.subject.image_layout))
             mask = None
             if truth is not None:
                 mask = truth.mask_for(name, (picture.height, picture.width))
                 if mask is None:
                     raise GroundTruthError(f"no ground truth for {name!r} (ground truth has e.g. "
                                            f"{', '.join(repr(k) for k in truth.keys()[:3])})")
-                mask = _resized_mask(mask, row.shape[1:] if explainer.subject.image_layout == "NCHW"
-                                     else row.shape[:2])
-        except (GroundTruthError, ValueError) as error:
+                mask = _resized_mask(mask, size)
+        except ValueError as error:  # a GroundTruthError among them
             notes.append(f"{name} skipped: {error}")
         else:
             if pending and pending[0][0].shape != row.shape:
                 yield _file_batch(pending, truth), notes, done - 1, len(paths)
                 pending, notes = [], []
-            shown = display_rgb(picture, tuple(row.shape[1:] if explainer.subject.image_layout == "NCHW"
-                                               else row.shape[:2]))
-            pending.append((row, done - 1, name, mask, shown))
+            pending.append((row, done - 1, name, mask, display_rgb(picture, size)))
         if len(pending) == batch_size or done == len(paths):
             yield (_file_batch(pending, truth) if pending else None), notes, done, len(paths)
             pending, notes = [], []
