@@ -360,12 +360,10 @@ def _explain_on_ray(model_path: str, image_args: Sequence[str], args) -> int:
     from .bulk import explain_dataset
 
     _check_out_folder(args.out, image_args, args.into_input_folder)
-    overrides = _preprocessing_overrides(args)
-    preprocessing = (preprocessing_for(Explainer(model_path, layer=args.explain_layers or "auto"), overrides)
-                     if any(value is not None for value in overrides.values()) else None)
     summary = explain_dataset(list(image_args), model_path, args.out, layer=args.explain_layers or "auto",
                               method=args.method, targets=args.target, actors=args.workers,
-                              batch_size=args.batch_size, overlays=args.overlays, preprocessing=preprocessing,
+                              batch_size=args.batch_size, overlays=args.overlays,
+                              preprocessing=_preprocessing_overrides(args),
                               alpha=args.alpha, colormap=args.colormap,
                               address=None if args.ray == LOCAL_RAY else args.ray)
     print(summary)

@@ -120,6 +120,14 @@ def preprocessing_for(explainer: Explainer, overrides: Optional[dict] = None) ->
     return Preprocessing.from_input(values, shape, explainer.subject.image_layout)
 
 
+def chosen_preprocessing(explainer: Explainer, preprocessing: Union[Preprocessing, dict, None]) -> Preprocessing:
+    """``preprocessing`` as given, or the model's own (:func:`preprocessing_for`) with the overrides it holds
+    (a dict, or None for none)."""
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing
+    return preprocessing_for(explainer, preprocessing)
+
+
 def explain_files(explainer: Explainer, images: Sequence[str], out_dir: str, targets: Optional[int] = None,
                   preprocessing: Optional[Preprocessing] = None, batch_size: int = 16, alpha: float = 0.5,
                   colormap: str = "jet", progress: bool = True, aug_smooth: bool = False, keep_going: bool = True,

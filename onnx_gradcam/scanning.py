@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .explainer import Explainer
-from .files import find_images, preprocessing_for, show_progress
+from .files import chosen_preprocessing, find_images, show_progress
 from .graph.layout import image_hw
 from .graph.model import ModelLike
 from .graph.places import places as layer_places
@@ -188,9 +188,8 @@ def _batches(images, ground_truth, explainer: Explainer, batch_size: int,
     if isinstance(images, np.ndarray):
         return _array_batches(images, _array_truth(ground_truth, len(images)), explainer, batch_size)
     paths = find_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
-    if not isinstance(preprocessing, Preprocessing):
-        preprocessing = preprocessing_for(explainer, preprocessing)
-    return _file_batches(paths, _file_truth(ground_truth), explainer, batch_size, preprocessing)
+    return _file_batches(paths, _file_truth(ground_truth), explainer, batch_size,
+                         chosen_preprocessing(explainer, preprocessing))
 
 
 def _array_truth(ground_truth, count: int) -> Optional[GroundTruth]:

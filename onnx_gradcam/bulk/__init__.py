@@ -27,7 +27,7 @@ except ImportError:
                       ) from None
 
 from ..explainer import Explainer
-from ..files import preprocessing_for
+from ..files import chosen_preprocessing
 from ..graph.model import ModelLike
 from ..images import Preprocessing
 from . import store
@@ -74,7 +74,7 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
                     method: str = "gradcam", targets: Optional[int] = None, actors: int = 1, batch_size: int = 16,
                     num_cpus: float = 1, num_gpus: float = 0, overlays: bool = False, format: Optional[str] = None,
                     image_column: str = "image", path_column: str = "path",
-                    preprocessing: Optional[Preprocessing] = None, alpha: float = 0.5, colormap: str = "jet",
+                    preprocessing: Union[Preprocessing, dict, None] = None, alpha: float = 0.5, colormap: str = "jet",
                     address: Optional[str] = None) -> BulkSummary:
     """Explain every image of ``dataset_or_path`` on Ray; a :class:`BulkSummary` of the run.
 
@@ -84,9 +84,10 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
     ``model``: a path (on a cluster, one every node can read) or the model's bytes. ``targets``: None (each
     image's top class) or one class index for all. ``actors``: the pool's size, each actor holding one
     Explainer with ``num_cpus`` CPUs (its ONNX Runtime threads) and ``num_gpus`` GPUs (1: CUDA when the node
-    has it). ``batch_size``: images per actor call. ``preprocessing``: the model's own by default (metadata and
-    input shape). ``address``: where ``ray.init`` connects when Ray is not started yet (None: a local instance,
-    ``"auto"`` or ``"ray://head:10001"``: a cluster); a running Ray is used as it is.
+    has it). ``batch_size``: images per actor call. ``preprocessing``: a ``Preprocessing``, or the model's own
+    (metadata and input shape) with the overrides a dict holds. ``address``: where ``ray.init`` connects when
+    Ray is not started yet (None: a local instance, ``"auto"`` or ``"ray://head:10001"``: a cluster); a running
+    Ray is used as it is.
 
     An image that cannot be decoded or explained is a ``failed`` row with its reason; the rest go on.
     """
@@ -104,7 +105,7 @@ def explain_dataset(dataset_or_path, model: ModelLike, output: str, layer: Union
         if form not in FORMATS:
             raise ValueError(f"format {format!r}: use {' or '.join(FORMATS)} (a Dataset is recognised by itself)")
     explainer = Explainer(model, layer, method)  # refuses a bad model, layer or method before Ray starts
-    preprocessing = preprocessing or preprocessing_for(explainer)
+    preprocessing = chosen_preprocessing(explainer, preprocessing)
     missing = [path for path in inputs if "://" not in path and not os.path.exists(path)]
     if missing:
         raise FileNotFoundError(f"no image, folder or Parquet file at {', '.join(map(repr, missing))}")
