@@ -20,7 +20,7 @@ from PIL import Image
 import small_models
 from onnx_gradcam import Explainer, export_explainer
 from onnx_gradcam.files import output_names
-from onnx_gradcam.writing import atomic
+from onnx_gradcam.writing import atomic, atomic_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -272,19 +272,40 @@ def test_overlays_are_at_the_original_size_unless_asked(work):
     assert Image.open(work / "out_size_m" / "dup.jpg_cam.png").size == (16, 16)
 
 
-def test_an_interrupted_write_leaves_no_file_under_the_name(tmp_path):
+def _staged_folder_write(path: str, data: bytes, error: BaseException) -> None:
+    with atomic(path) as staged, open(staged, "wb") as handle:
+        handle.write(data)
+        raise error
+
+
+def _staged_file_write(path: str, data: bytes, error: BaseException) -> None:
+    with atomic_file(path) as handle:
+        handle.write(data)
+        raise error
+
+
+@pytest.mark.parametrize("write", [_staged_folder_write, _staged_file_write])
+def test_an_interrupted_write_leaves_no_file_under_the_name(tmp_path, write):
     target = tmp_path / "map.npy"
     with pytest.raises(KeyboardInterrupt):
-        with atomic(str(target)) as staged, open(staged, "wb") as handle:
-            handle.write(b"half")
-            raise KeyboardInterrupt
+        write(str(target), b"half", KeyboardInterrupt())
     assert list(tmp_path.iterdir()) == []
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with atomic(str(target)) as staged:
-            open(staged, "wb").write(b"half")
-            raise RuntimeError("disk full")
+        write(str(target), b"half", RuntimeError("disk full"))
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_file_written_atomically_replaces_the_old_one_with_the_usual_permissions(tmp_path):
+    target = tmp_path / "map.npy"
+    target.write_bytes(b"old")
+    reference = tmp_path / "plain"
+    reference.write_bytes(b"")
+    with atomic_file(str(target)) as handle:
+        handle.write(b"new")
+        assert target.read_bytes() == b"old"  # not before the block ends
+    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target, reference]
+    assert target.stat().st_mode == reference.stat().st_mode
 
 
 def test_sixty_mixed_images_give_one_row_each_and_lose_no_output(work, tmp_path):

@@ -23,6 +23,7 @@ from ..graph.model import ModelLike
 from ..images import Preprocessing, display_rgb, load_picture
 from ..pictures import overlay
 from ..pipeline import session_options
+from ..png import write_png
 from . import store
 
 MAP_SCHEMA = pa.schema([("path", pa.string()), ("map", pa.list_(pa.float32())), ("shape", pa.list_(pa.int32()))])
@@ -120,6 +121,6 @@ class ExplainActor:
         """The overlay at the picture's own size, as a PNG file named after the input."""
         name = posixpath.join(store.OVERLAYS, store.output_name(path, self.root) + "_cam.png")
         encoded = io.BytesIO()
-        overlay(display_rgb(picture, None), cam, self.alpha, self.colormap).save(encoded, format="PNG")
+        write_png(encoded, np.asarray(overlay(display_rgb(picture, None), cam, self.alpha, self.colormap)))
         store.write_file(self.fs, posixpath.join(self.folder, name), encoded.getvalue())
         return posixpath.join(self.output, name)
