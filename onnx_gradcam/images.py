@@ -69,11 +69,37 @@ class Preprocessing:
 
     def __call__(self, picture: Image.Image) -> np.ndarray:
         """One (C, H, W) or (H, W, C) float32 array."""
-        array = pixels(picture, self.channels, self.size)
+        order = self._source_channels()
+        if picture.mode in WIDE_MODES:
+            array = (pixels(picture, self.channels, self.size)[..., order] - self._mean()) / self._std()
+            return np.ascontiguousarray(array.transpose(2, 0, 1) if self.layout == "NCHW" else array)
+        return self._looked_up(np.asarray(_eight_bit(picture, CHANNEL_MODES[self.channels], self.size)), order)
+
+    def _looked_up(self, levels: np.ndarray, order: list[int]) -> np.ndarray:
+        """8-bit ``levels`` (H, W[, C]) through a table of each channel's 256 normalised values: the same
+        float32 operations on 256 values instead of every pixel, so the same bits at half the cost."""
+        levels = levels.reshape(*levels.shape[:2], -1)
+        table = (np.arange(256, dtype=np.float32) / np.float32(255) - self._mean()[:, None]) / self._std()[:, None]
+        height, width = levels.shape[:2]
+        shape = (self.channels, height, width) if self.layout == "NCHW" else (height, width, self.channels)
+        array = np.empty(shape, np.float32)
+        for channel, source in enumerate(order):
+            plane = array[channel] if self.layout == "NCHW" else array[..., channel]
+            np.take(table[channel], levels[..., source], out=plane, mode="clip")  # "clip": unbuffered; never hit
+        return array
+
+    def _source_channels(self) -> list[int]:
+        """The picture's channel for each of the model's: RGB(A) as read, or the first three reversed."""
+        order = list(range(self.channels))
         if self.channel_order.upper() == "BGR" and self.channels > 1:
-            array[..., :3] = array[..., 2::-1].copy()
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1) if self.layout == "NCHW" else array)
+            order[:3] = [2, 1, 0]
+        return order
+
+    def _mean(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.mean, np.float32), (self.channels,))
+
+    def _std(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.std, np.float32), (self.channels,))
 
 
 def pixels(picture: Image.Image, channels: int = 3, size: Optional[tuple[int, int]] = None) -> np.ndarray:
@@ -85,17 +111,23 @@ def pixels(picture: Image.Image, channels: int = 3, size: Optional[tuple[int, in
     """
     scale = WIDE_MODES.get(picture.mode)
     if scale is None:
-        picture, scale = picture.convert(CHANNEL_MODES[channels]), 255.0
+        array = np.asarray(_eight_bit(picture, CHANNEL_MODES[channels], size), np.float32) / np.float32(255)
     else:
         picture = Image.fromarray(np.asarray(picture, np.float32), "F")
-    if size is not None:
-        picture = picture.resize((size[1], size[0]), Image.BILINEAR)
-    array = np.asarray(picture, np.float32) / np.float32(scale)
+        if size is not None:
+            picture = picture.resize((size[1], size[0]), Image.BILINEAR)
+        array = np.asarray(picture, np.float32) / np.float32(scale)
     array = array.reshape(*array.shape[:2], -1)
     if array.shape[-1] == channels:
         return array
     gray = np.repeat(array, 3, axis=-1)
     return gray if channels == 3 else np.concatenate([gray, np.ones_like(array)], axis=-1)
+
+
+def _eight_bit(picture: Image.Image, mode: str, size: Optional[tuple[int, int]]) -> Image.Image:
+    """An 8-bit picture in ``mode`` by Pillow's own conversion (palette, alpha, CMYK), resized to ``size``."""
+    picture = picture.convert(mode)
+    return picture if size is None else picture.resize((size[1], size[0]), Image.BILINEAR)
 
 
 def load_picture(path: str, data: Optional[bytes] = None) -> Image.Image:
@@ -113,6 +145,10 @@ def load_picture(path: str, data: Optional[bytes] = None) -> Image.Image:
 
 def display_rgb(picture: Image.Image, size: Optional[tuple[int, int]]) -> np.ndarray:
     """The picture as the model saw it (resized to ``size``, or at its own size for None), as (H, W, 3) uint8,
-    for overlays; 16-bit and float pictures scaled as for the model, NaN shown black."""
+    for overlays; 16-bit and float pictures scaled as for the model, NaN shown black. An 8-bit picture's are
+    Pillow's uint8 pixels, the very values the model's floats were scaled from (without the round trip
+    through floats, a millisecond of an overlay's cost)."""
+    if picture.mode not in WIDE_MODES:
+        return np.asarray(_eight_bit(picture, "RGB", size))
     rgb = np.nan_to_num(pixels(picture, 3, size), nan=0.0, posinf=1.0, neginf=0.0)
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)

@@ -9,7 +9,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnx_gradcam import Explainer
-from onnx_gradcam.images import Preprocessing, display_rgb, load_picture, pixels
+from onnx_gradcam.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, display_rgb, load_picture, pixels
 
 QUICKSTART = "examples/data/shapes_cnn.onnx"
 
@@ -155,3 +155,33 @@ def test_a_one_channel_model_is_explained_from_image_files(tmp_path):
     assert np.isfinite(result.cams).all() and (result.cams.reshape(2, -1).max(axis=1) > 0.5).all()
     edge_columns = result.cams[1].mean(axis=0)
     assert edge_columns[15:18].mean() > 5 * edge_columns[:8].mean()  # the colour image's only edge, at x = 16
+
+
+@pytest.mark.parametrize("size", [None, (24, 32)])
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA"])
+def test_an_8_bit_picture_is_shown_with_the_pixels_the_model_saw(tmp_path, mode, size):
+    """display_rgb's uint8 pixels are those the model's floats were scaled from: round(pixels * 255)."""
+    rgb = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert(mode).save(tmp_path / "picture.png")
+    picture = load_picture(str(tmp_path / "picture.png"))
+    seen = np.round(pixels(picture, 3, size) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(display_rgb(picture, size), seen)
+
+
+@pytest.mark.parametrize("channels, layout, order, mean, std", [
+    (3, "NCHW", "RGB", IMAGENET_MEAN, IMAGENET_STD), (3, "NHWC", "BGR", (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)),
+    (1, "NCHW", "RGB", (0.5,), (0.25,)), (4, "NHWC", "BGR", (0.1,), (0.7,)), (4, "NCHW", "RGB", (0, 0, 0, 1), (1,) * 4)])
+def test_8_bit_levels_are_normalised_bit_for_bit_as_floats_would_be(tmp_path, channels, layout, order, mean, std):
+    """The table lookup gives the very float32 values of (levels / 255 - mean) / std, pixel by pixel."""
+    rgba = np.random.default_rng(3).integers(0, 256, (30, 20, 4), dtype=np.uint8)
+    rgba[0, :4] = [[0, 0, 0, 0], [255, 255, 255, 255], [1, 2, 3, 4], [254, 253, 252, 251]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "picture.png")
+    picture = load_picture(str(tmp_path / "picture.png"))
+    levels = np.asarray(picture.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels]), np.float32).reshape(30, 20, -1)
+    if order == "BGR":
+        levels[..., :3] = levels[..., 2::-1].copy()
+    expected = (levels / np.float32(255) - np.float32(mean)) / np.float32(std)
+    expected = expected.transpose(2, 0, 1) if layout == "NCHW" else expected
+    row = Preprocessing(mean=mean, std=std, channel_order=order, layout=layout, channels=channels)(picture)
+    assert row.dtype == np.float32 and row.flags.c_contiguous
+    np.testing.assert_array_equal(row, expected)
