@@ -296,18 +296,6 @@ def test_an_interrupted_write_leaves_no_file_under_the_name(tmp_path, write):
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
-def test_a_file_written_atomically_replaces_the_old_one_with_the_usual_permissions(tmp_path):
-    target = tmp_path / "map.npy"
-    target.write_bytes(b"old")
-    reference = tmp_path / "plain"
-    reference.write_bytes(b"")
-    with atomic_file(str(target)) as handle:
-        handle.write(b"new")
-        assert target.read_bytes() == b"old"  # not before the block ends
-    assert target.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [target, reference]
-    assert target.stat().st_mode == reference.stat().st_mode
-
-
 def test_sixty_mixed_images_give_one_row_each_and_lose_no_output(work, tmp_path):
     """Two folders of 30 with the same names (dup stems across extensions too), a CMYK JPEG, a 16-bit PNG, a
     NaN-valued float TIFF, a 0-byte file and a 1x1 image among them."""
