@@ -49,7 +49,8 @@ ARCHS = {
 # block4-4.f.b that is +1e-7 here and 0 in torch; torch's own float32 gradient at vgg16_bn features.32
 # differs from its float64 one by 1.8e-3. That is float32 arithmetic, not the backward pass.
 # Inner layers are also outputs no later in-place op overwrites (`out += identity` would change what a hook
-# captured in torch). densenet121 applies F.relu after `features`: its last rank-4 tensor (the default layer) is that ReLU's output.
+# captured in torch). densenet121 applies F.relu after `features`: its last rank-4 tensor (the default layer)
+# is that ReLU's output.
 RELU_AFTER = {"densenet121"}
 CLASSES = [3, 817]
 REL_TOL = 1e-4
@@ -108,6 +109,7 @@ def test_default_layer_gradients_equal_autograd(exported):
     module_name, _ = ARCHS[arch]
     explainer = Explainer(path, layer="auto", providers="CPUExecutionProvider")
     (ours,) = explainer.gradients(images.numpy(), CLASSES).values()
+    del explainer  # as in the Grad-CAM test: not alive beside the float64 oracle
     activations, grad = _torch_side(model, images, module_name, relu_after=arch in RELU_AFTER)
     assert relative_error(ours.activations, activations) <= REL_TOL, "the default layer is not the module's output"
     assert relative_error(ours.gradients, grad) <= REL_TOL
@@ -118,6 +120,7 @@ def test_inner_layer_gradients_equal_autograd(exported):
     _, inner = ARCHS[arch]
     explainer = Explainer(path, layer=inner, providers="CPUExecutionProvider")
     ours = explainer.gradients(images.numpy(), CLASSES)[inner]
+    del explainer
     activations, grad = _torch_side(model, images, inner)
     assert relative_error(ours.activations, activations) <= REL_TOL
     assert relative_error(ours.gradients, grad) <= REL_TOL
@@ -130,7 +133,12 @@ def test_gradcam_equals_pytorch_grad_cam(exported):
     layer = inner if arch in RELU_AFTER else module_name
     explainer = Explainer(path, layer=layer if layer == inner else "auto", providers="CPUExecutionProvider")
     ours = explainer(images.numpy(), CLASSES).cams
+    del explainer  # its session and arena, before the float64 oracle: the test's peak memory is theirs together
     model, images = _float64(model, images)
+    # Gradients flow from the image, not into the weights: no parameter gradients (1.1 GB in float64 for
+    # vgg16_bn), and every activation still requires a gradient, as pytorch-grad-cam's hooks need.
+    model.requires_grad_(False)
+    images.requires_grad_(True)
     with GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]]) as peer:
         theirs = peer(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in CLASSES])
     assert ours.shape == theirs.shape == (2, 224, 224)
