@@ -25,7 +25,7 @@ from .explainer import Explainer
 from .graph.layout import image_hw
 from .graph.view import GraphView
 from .images import Preprocessing, display_rgb, load_picture
-from .pictures import overlay
+from .pictures import overlay_pixels
 from .pipeline import Read, Stages, default_workers
 from .png import write_png
 from .summary import Outcome, Summary
@@ -234,7 +234,7 @@ class _FileStages:
             if self.overlay:
                 style = self.overlay
                 size = self.preprocessing.size if style.size == "model" else None
-                pixels = np.asarray(overlay(display_rgb(read.picture, size), cam, style.alpha, style.colormap))
+                pixels = overlay_pixels(display_rgb(read.picture, size), cam, style.alpha, style.colormap)
                 encode = OVERLAY_FORMATS[style.format]
                 overlay_path = self._save(self.overlays[index], lambda handle: encode(handle, pixels))
             map_path = self._save(self.maps[index], lambda handle: np.save(handle, cam))

@@ -50,13 +50,18 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: st
     """Blend the coloured ``cam`` over ``image`` ((H, W, 3) uint8, or floats in [0, 1]); ``alpha`` is the
     map's opacity. The map is resized (bilinear, as values, before colouring) to the image if their sizes
     differ, so an overlay can be at the image's own size and aspect."""
+    return Image.fromarray(overlay_pixels(image, cam, alpha, colormap))
+
+
+def overlay_pixels(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """:func:`overlay`'s (H, W, 3) uint8 pixels, for an encoder that takes arrays (no Pillow image between)."""
     picture = as_rgb8(image)
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != picture.shape[:2]:
         cam = np.asarray(Image.fromarray(cam).resize(picture.shape[1::-1], Image.BILINEAR))
     blended = np.multiply(picture, np.float32(1 - alpha), dtype=np.float32)
     blended += np.float32(alpha) * colorize(cam, colormap)
-    return Image.fromarray(np.rint(blended, out=blended).astype(np.uint8))
+    return np.rint(blended, out=blended).astype(np.uint8)
 
 
 def as_rgb8(image) -> np.ndarray:

@@ -21,7 +21,7 @@ from ..explainer import Explainer
 from ..files import score_kind
 from ..graph.model import ModelLike
 from ..images import Preprocessing, display_rgb, load_picture
-from ..pictures import overlay
+from ..pictures import overlay_pixels
 from ..pipeline import session_options
 from ..png import write_png
 from . import store
@@ -121,6 +121,6 @@ class ExplainActor:
         """The overlay at the picture's own size, as a PNG file named after the input."""
         name = posixpath.join(store.OVERLAYS, store.output_name(path, self.root) + "_cam.png")
         encoded = io.BytesIO()
-        write_png(encoded, np.asarray(overlay(display_rgb(picture, None), cam, self.alpha, self.colormap)))
+        write_png(encoded, overlay_pixels(display_rgb(picture, None), cam, self.alpha, self.colormap))
         store.write_file(self.fs, posixpath.join(self.folder, name), encoded.getvalue())
         return posixpath.join(self.output, name)
